@@ -1,0 +1,3 @@
+from pcn.cli import main
+
+raise SystemExit(main())

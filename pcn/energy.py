@@ -1,0 +1,56 @@
+"""The PC energy and its analytic latent gradient (spec section 2).
+
+    eps_l   = z_l - mu_l,  mu_l = W_l f(z_{l+1}) + b_l,  z_0 = x
+    E(z; x) = sum_{l<L} 1/2 ||eps_l||^2  (+ 1/2 ||z_L - b_L||^2 with a prior)
+    dE/dz_l = eps_l - f'(z_l) * (W_{l-1}^T eps_{l-1}),   l = 1..L (no eps_L term without a prior)
+
+All functions take a batch (rows are samples) and return per-sample quantities; they are
+plain tensor code, so they run without autograd and are also differentiable by it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pcn.model import PCN
+
+
+def errors(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> list[torch.Tensor]:
+    """eps_l = z_l - (W_l f(z_{l+1}) + b_l) for l = 0..L-1, and eps_L = z_L - b_L with a prior."""
+    below = [x] + z[:-1]
+    eps = [below[l] - torch.addmm(model.b[l], model.f(z[l]), model.W[l].t()) for l in range(model.L)]
+    if model.prior_mean is not None:
+        eps.append(z[-1] - model.prior_mean)
+    return eps
+
+
+def layer_energies(eps: list[torch.Tensor]) -> torch.Tensor:
+    """Per-layer, per-sample energies 1/2 ||eps_l||^2, shape (n_terms, batch)."""
+    return torch.stack([0.5 * (e * e).sum(1) for e in eps])
+
+
+def energy(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
+    """E(z; x) per sample, shape (batch,)."""
+    return layer_energies(errors(model, x, z)).sum(0)
+
+
+def latent_grad(model: PCN, z: list[torch.Tensor], eps: list[torch.Tensor]) -> list[torch.Tensor]:
+    """dE/dz_l = [eps_l] - f'(z_l) * (eps_{l-1} W_{l-1}) for l = 1..L, from precomputed errors."""
+    grads = []
+    for l in range(1, model.L + 1):
+        g = -model.df(z[l - 1]) * (eps[l - 1] @ model.W[l - 1])
+        if l < model.L or model.prior_mean is not None:
+            g = g + eps[l]
+        grads.append(g)
+    return grads
+
+
+def ce_latent_grad(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d CE(C z_L + c, y) / d z_L = (softmax(C z_L + c) - onehot(y)) C, per sample."""
+    p = torch.softmax(model.readout(zL), dim=1) - F.one_hot(y, model.C.shape[0]).to(zL.dtype)
+    return p @ model.C
+
+
+def cross_entropy(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CE of the readout per sample, shape (batch,)."""
+    return F.cross_entropy(model.readout(zL), y, reduction="none")

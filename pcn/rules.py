@@ -1,0 +1,85 @@
+"""The learning rules (spec section 3).  Each ``*_grads`` function fills ``p.grad`` of every
+trainable parameter for one batch and returns the batch's loss terms (0-d tensors).
+
+Readout (all rules): the classifier C, c always trains on its own CE at the detached final
+top latent (a probe), so w decides only whether the CE shapes the representation.
+
+``pc``  inference minimises F = (1 - w) E + w CE with x and y given; then, at the final
+        latents z* (no graph through the trajectory), the local updates are
+            dF/dW_l = -(1 - w) eps_l f(z*_{l+1})^T,   dF/db_l = -(1 - w) eps_l
+        (batch means).  The amortiser, if any, regresses z*_{l+1} on g_l(z*_l) (local MSE).
+``bp``  inference runs on E alone, unrolled in the autograd graph; the loss
+            L = (1 - w) E(z^T; x) + w CE(C z^T_L + c, y)
+        is backpropagated through all T steps to every weight (C held fixed in this term).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pcn.energy import layer_energies
+from pcn.inference import infer, init_latents
+from pcn.model import PCN
+
+
+def _readout_grads(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Set dCE/dC, dCE/dc at the detached top latent; return the per-batch mean CE."""
+    logits = model.readout(zL)
+    p = torch.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).to(zL.dtype)
+    B = zL.shape[0]
+    model.C.grad = p.t() @ zL / B
+    model.c.grad = p.mean(0)
+    return F.cross_entropy(logits, y)
+
+
+def _amortiser_grads(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
+    """Local regression of the amortiser onto the inferred latents:
+    loss = sum_l 1/2 ||V_l g_l(z*_l) + a_l - z*_{l+1}||^2 (batch mean)."""
+    B = x.shape[0]
+    total = x.new_zeros(())
+    for l in range(model.L):
+        inp = x if l == 0 else model.f(z[l - 1])
+        r = torch.addmm(model.a[l], inp, model.V[l].t()) - z[l]
+        model.V[l].grad = r.t() @ inp / B
+        model.a[l].grad = r.mean(0)
+        total = total + 0.5 * (r * r).sum(1).mean()
+    return total
+
+
+@torch.no_grad()
+def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
+    """Local PC rule: infer on F with the label, then -dF/dtheta at the final latents."""
+    w = float(cfg["ce_weight"])
+    z0 = init_latents(model, x, cfg["init"])
+    z, eps = infer(model, x, z0, cfg["T"], cfg["eta"], y=y, w=w, momentum=cfg["momentum"])
+    B = x.shape[0]
+    for l in range(model.L):
+        model.W[l].grad = -(1.0 - w) * (eps[l].t() @ model.f(z[l])) / B
+        model.b[l].grad = -(1.0 - w) * eps[l].mean(0)
+    if model.prior_mean is not None:
+        model.prior_mean.grad = -(1.0 - w) * eps[-1].mean(0)
+    E = layer_energies(eps).sum(0).mean()
+    ce = _readout_grads(model, z[-1], y)
+    out = {"loss": (1.0 - w) * E + w * ce, "energy": E, "ce": ce}
+    if model.V is not None:
+        out["amortiser"] = _amortiser_grads(model, x, z)
+    return out
+
+
+def bp_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
+    """Backprop through inference: L = (1 - w) E(z^T) + w CE(z^T_L), plus the readout probe."""
+    w = float(cfg["ce_weight"])
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        z0 = init_latents(model, x, cfg["init"])
+        z, eps = infer(model, x, z0, cfg["T"], cfg["eta"], momentum=cfg["momentum"])
+        E = layer_energies(eps).sum(0).mean()
+        zL = z[-1]
+        ce = F.cross_entropy(torch.addmm(model.c.detach(), zL, model.C.detach().t()), y)
+        probe = F.cross_entropy(model.readout(zL.detach()), y)
+        loss = (1.0 - w) * E + w * ce
+        (loss + probe).backward()
+    return {"loss": loss.detach(), "energy": E.detach(), "ce": ce.detach()}
+
+
+RULES = {"pc": pc_grads, "bp": bp_grads}

@@ -1,0 +1,193 @@
+"""Training of one run: any (dataset, model, rule, w, seed, hyper-parameters).
+
+Writes to ``out``: config.json (resolved config), metrics.csv (one row per epoch),
+final.json (config + final metrics), model.pt (loads back with ``load_model``).
+Checkpoints every epoch to ``ckpt_dir/ckpt.pt`` (atomically); started again, a run resumes
+from it and ends bitwise equal to an uninterrupted run on CPU.  A non-finite loss stops the
+run cleanly: the outputs are written with diverged = true and where it happened.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pcn import config as config_mod
+from pcn import data
+from pcn.ae import AE, ae_grads
+from pcn.evaluate import evaluate
+from pcn.model import PCN
+from pcn.rules import RULES
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_energy", "train_ce", "train_acc", "val_acc", "test_acc",
+                  "recon_mse", "gen_mse", "energy", "seconds", "diverged"]
+# Keys that say where data lives, not what is computed: they may change on resume.
+LOCATION_KEYS = ("data_dir", "data_root")
+
+
+def build_model(cfg: dict) -> torch.nn.Module:
+    """The model a config describes, initialised from its seed."""
+    if cfg["model"] == "ae":
+        return AE(cfg["layers"], cfg["ae_hidden_activation"], seed=cfg["seed"])
+    return PCN(cfg["layers"], cfg["activation"], prior=cfg["prior"],
+               amortised=cfg["init"] == "amortised", seed=cfg["seed"])
+
+
+def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
+    kind, lr, wd = cfg["optimizer"], cfg["lr"], cfg["weight_decay"]
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg["sgd_momentum"], weight_decay=wd)
+
+
+def grads_fn(cfg: dict) -> Callable:
+    return ae_grads if cfg["model"] == "ae" else RULES[cfg["rule"]]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Load a model.pt written by ``train``: (model, config)."""
+    blob = torch.load(path, map_location=device, weights_only=False)
+    model = build_model(blob["config"])
+    model.load_state_dict(blob["state"])
+    return model.to(device), blob["config"]
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _clean(v):
+    """JSON-safe value: non-finite floats become null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+        wr.writeheader()
+        wr.writerows(rows)
+    os.replace(tmp, path)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The sample order of one epoch: a permutation fixed by (seed, epoch), so a resumed run
+    sees exactly the batches an uninterrupted one does."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def _load_checkpoint(path: Path, cfg: dict) -> dict | None:
+    if not path.exists():
+        return None
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    old = {k: v for k, v in ck["config"].items() if k not in LOCATION_KEYS}
+    new = {k: v for k, v in cfg.items() if k not in LOCATION_KEYS}
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise RuntimeError(f"checkpoint {path} belongs to a run with another config (keys {diff} differ); "
+                           f"delete it or use another --ckpt-dir")
+    return ck
+
+
+def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device: str = "auto",
+          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    """Train one run to completion (or divergence); return the final metrics dict."""
+    cfg = config_mod.resolve(cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = Path(ckpt_dir or out) / "ckpt.pt"
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    _write_text(out / "config.json", config_mod.dumps(cfg))
+
+    ds = data.load(cfg)
+    train_x, train_y = ds.train.x.to(dev), ds.train.y.to(dev)
+    n_eval = min(cfg["eval_train_size"], len(ds.train))
+    model = build_model(cfg).to(dev)
+    opt = build_optimizer(cfg, model.parameters())
+    rows: list[dict] = []
+    start_epoch, elapsed = 1, 0.0
+    ck = _load_checkpoint(ckpt_path, cfg)
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        rows, start_epoch, elapsed = ck["rows"], ck["epoch"] + 1, ck["elapsed"]
+        log(f"resuming from {ckpt_path} after epoch {ck['epoch']}")
+
+    step = grads_fn(cfg)
+    B, n = cfg["batch_size"], len(train_y)
+    n_batches = math.ceil(n / B)
+    diverged_at: tuple[int, int] | None = None
+    for epoch in range(start_epoch, cfg["epochs"] + 1):
+        t0 = time.perf_counter()
+        order = epoch_order(n, cfg["seed"], epoch).to(dev)
+        sums = {"loss": 0.0, "energy": 0.0, "ce": 0.0}
+        for b in range(n_batches):
+            idx = order[b * B:(b + 1) * B]
+            terms = step(model, train_x[idx], train_y[idx], cfg)
+            vals = {k: float(terms[k]) for k in sums}
+            if not all(math.isfinite(v) for v in vals.values()):
+                diverged_at = (epoch, b)
+                break
+            opt.step()
+            for k in sums:
+                sums[k] += vals[k]
+            if n_batches >= 200 and (b + 1) % (n_batches // 4) == 0 and b + 1 < n_batches:
+                log(f"  epoch {epoch} batch {b + 1}/{n_batches} loss {sums['loss'] / (b + 1):.4f}")
+        seconds = time.perf_counter() - t0
+        elapsed += seconds
+        done = (b + 1) if diverged_at else n_batches
+        tr = evaluate(model, ds.train.x[:n_eval], ds.train.y[:n_eval], cfg, dev)
+        va = evaluate(model, ds.val.x, ds.val.y, cfg, dev) if len(ds.val) else {"acc": float("nan")}
+        te = evaluate(model, ds.test.x, ds.test.y, cfg, dev)
+        row = {"epoch": epoch, "train_loss": sums["loss"] / max(done, 1), "train_energy": sums["energy"] / max(done, 1),
+               "train_ce": sums["ce"] / max(done, 1), "train_acc": tr["acc"], "val_acc": va["acc"],
+               "test_acc": te["acc"], "recon_mse": te["recon_mse"], "gen_mse": te["gen_mse"],
+               "energy": te["energy"], "seconds": seconds, "diverged": diverged_at is not None}
+        rows.append(row)
+        _write_metrics(out / "metrics.csv", rows)
+        if diverged_at:
+            log(f"epoch {epoch}: DIVERGED at batch {diverged_at[1]} (non-finite loss); stopping")
+            break
+        _atomic_save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+                      "rows": rows, "config": cfg, "elapsed": elapsed}, ckpt_path)
+        log(f"epoch {epoch}/{cfg['epochs']} loss {row['train_loss']:.4f} test_acc {te['acc']:.4f} "
+            f"val_acc {va['acc']:.4f} recon_mse {te['recon_mse']:.4f} gen_mse {te['gen_mse']:.4f} "
+            f"({seconds:.1f}s)")
+
+    last = rows[-1] if rows else {}
+    final = dict(cfg)
+    final.update({k: _clean(last.get(k, float("nan"))) for k in
+                  ("train_acc", "val_acc", "test_acc", "recon_mse", "gen_mse", "energy")})
+    final.update({"wall_s": elapsed, "epochs_done": len(rows) - (1 if diverged_at else 0),
+                  "diverged": diverged_at is not None,
+                  "diverged_epoch": diverged_at[0] if diverged_at else None,
+                  "diverged_batch": diverged_at[1] if diverged_at else None})
+    _atomic_save({"config": cfg, "state": {k: v.cpu() for k, v in model.state_dict().items()}}, out / "model.pt")
+    _write_text(out / "final.json", json.dumps(final, indent=2))
+    return final

@@ -1,0 +1,178 @@
+"""The learning rules: pc = -dF/dtheta at the final latents; bp = the true gradient through
+the unrolled inference (finite differences); the w = 0 and w = 1 ends."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pcn import config
+from pcn.ae import AE, ae_grads
+from pcn.energy import cross_entropy, energy, layer_energies
+from pcn.inference import infer, init_latents
+from pcn.model import PCN
+from pcn.rules import bp_grads, pc_grads
+
+
+def _cfg(**kw):
+    base = dict(layers=[10, 8, 6, 4], T=6, eta=0.1, init="amortised", ce_weight=0.5, momentum=0.0)
+    base.update(kw)
+    return config.resolve(base)
+
+
+def _setup(cfg, seed=0, B=7):
+    torch.manual_seed(seed)
+    model = PCN(cfg["layers"], cfg["activation"], prior=cfg["prior"],
+                amortised=cfg["init"] == "amortised", seed=seed).double()
+    x = torch.randn(B, cfg["layers"][0], dtype=torch.float64).tanh()
+    y = torch.randint(0, 10, (B,))
+    return model, x, y
+
+
+def _grads(model):
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("w", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("prior", [False, True])
+def test_pc_update_is_minus_dF_dtheta_at_final_latents(w, prior):
+    cfg = _cfg(ce_weight=w, prior=prior)
+    model, x, y = _setup(cfg)
+    pc_grads(model, x, y, cfg)
+    got = _grads(model)
+    # The final latents, from a separate run of the same inference.
+    with torch.no_grad():
+        z, _ = infer(model, x, init_latents(model, x, "amortised"), cfg["T"], cfg["eta"], y=y, w=w)
+    z = [zl.detach() for zl in z]  # no graph through the trajectory
+    model.zero_grad(set_to_none=True)
+    Fval = ((1 - w) * energy(model, x, z)).mean()
+    Fval.backward()
+    for l in range(model.L):
+        torch.testing.assert_close(got[f"W.{l}"], model.W[l].grad, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(got[f"b.{l}"], model.b[l].grad, rtol=1e-9, atol=1e-12)
+    if prior:
+        torch.testing.assert_close(got["prior_mean"], model.prior_mean.grad, rtol=1e-9, atol=1e-12)
+    # Readout: its own CE at the final top latent (weight 1 at every w).
+    model.zero_grad(set_to_none=True)
+    cross_entropy(model, z[-1], y).mean().backward()
+    torch.testing.assert_close(got["C"], model.C.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got["c"], model.c.grad, rtol=1e-9, atol=1e-12)
+    # Amortiser: local regression onto the final latents.
+    model.zero_grad(set_to_none=True)
+    loss = 0
+    for l in range(model.L):
+        inp = x if l == 0 else model.f(z[l - 1])
+        loss = loss + 0.5 * ((inp @ model.V[l].t() + model.a[l] - z[l]) ** 2).sum(1).mean()
+    loss.backward()
+    for l in range(model.L):
+        torch.testing.assert_close(got[f"V.{l}"], model.V[l].grad, rtol=1e-9, atol=1e-12)
+
+
+def test_pc_update_depends_on_trajectory_only_through_its_end():
+    """Two different trajectories that end at the same latents give the same update."""
+    cfg = _cfg(ce_weight=0.4, init="zeros", T=0)
+    model, x, y = _setup(cfg)
+    with torch.no_grad():
+        zstar, _ = infer(model, x, init_latents(model, x, "zeros"), 9, 0.1, y=y, w=0.4)
+    import pcn.rules as rules
+
+    orig = rules.init_latents
+    try:
+        rules.init_latents = lambda m, xx, mode: [zl.clone() for zl in zstar]
+        pc_grads(model, x, y, cfg)  # T = 0: update taken at z* directly
+    finally:
+        rules.init_latents = orig
+    direct = _grads(model)
+    cfg9 = _cfg(ce_weight=0.4, init="zeros", T=9)
+    pc_grads(model, x, y, cfg9)
+    via = _grads(model)
+    for k in ("W.0", "W.1", "W.2", "b.0", "C"):
+        torch.testing.assert_close(direct[k], via[k], rtol=1e-9, atol=1e-12)
+
+
+def _bp_objective(model, x, y, cfg):
+    """L(theta) = (1 - w) E(z^T) + w CE(C z^T_L + c), z^T a function of theta via T steps."""
+    w = cfg["ce_weight"]
+    z, eps = infer(model, x, init_latents(model, x, cfg["init"]), cfg["T"], cfg["eta"])
+    return (1 - w) * layer_energies(eps).sum(0).mean() + w * cross_entropy(model, z[-1], y).mean()
+
+
+@pytest.mark.parametrize("init", ["zeros", "amortised"])
+@pytest.mark.parametrize("w", [0.0, 0.6, 1.0])
+def test_bp_gradient_matches_finite_differences(init, w):
+    cfg = _cfg(ce_weight=w, init=init, T=5, eta=0.2, activation="tanh")
+    model, x, y = _setup(cfg, B=4)
+    bp_grads(model, x, y, cfg)
+    got = _grads(model)
+    gen = torch.Generator().manual_seed(1)
+    names = ["W.0", "W.1", "W.2", "b.0", "b.2"] + (["V.0", "V.2", "a.1"] if init == "amortised" else [])
+    params = dict(model.named_parameters())
+    h = 1e-6
+    with torch.no_grad():
+        for name in names:
+            p = params[name]
+            for _ in range(4):
+                i = tuple(int(torch.randint(0, s, (1,), generator=gen)) for s in p.shape)
+                old = p[i].item()
+                p[i] = old + h
+                up = _bp_objective(model, x, y, cfg).item()
+                p[i] = old - h
+                down = _bp_objective(model, x, y, cfg).item()
+                p[i] = old
+                fd = (up - down) / (2 * h)
+                assert abs(got[name][i].item() - fd) < 1e-6 + 1e-5 * abs(fd), (name, i, got[name][i].item(), fd)
+    # The readout trains on its own CE at the detached top latent.
+    with torch.no_grad():
+        z, _ = infer(model, x, init_latents(model, x, init), cfg["T"], cfg["eta"])
+    model.zero_grad(set_to_none=True)
+    cross_entropy(model, z[-1].detach(), y).mean().backward()
+    torch.testing.assert_close(got["C"], model.C.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_w0_ignores_labels_and_w1_ignores_energy():
+    for rule in (pc_grads, bp_grads):
+        cfg = _cfg(ce_weight=0.0)
+        model, x, y = _setup(cfg)
+        rule(model, x, y, cfg)
+        a = _grads(model)
+        rule(model, x, (y + 3) % 10, cfg)
+        b = _grads(model)
+        for k in a:
+            if not k.startswith(("C", "c")):  # only the readout probe sees the label at w = 0
+                torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-12)
+    # pc at w = 1: F = CE only, so the generative weights get no update at all.
+    cfg = _cfg(ce_weight=1.0)
+    model, x, y = _setup(cfg)
+    pc_grads(model, x, y, cfg)
+    for l in range(model.L):
+        assert model.W[l].grad.abs().max() == 0 and model.b[l].grad.abs().max() == 0
+    # bp at w = 1: the gradient is the CE's alone (checked against autograd of CE only).
+    model.zero_grad(set_to_none=True)
+    bp_grads(model, x, y, cfg)
+    got = _grads(model)
+    model.zero_grad(set_to_none=True)
+    z, _ = infer(model, x, init_latents(model, x, "amortised"), cfg["T"], cfg["eta"])
+    cross_entropy(model, z[-1], y).mean().backward()
+    for l in range(model.L):
+        torch.testing.assert_close(got[f"W.{l}"], model.W[l].grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("w", [0.0, 0.5, 1.0])
+def test_ae_gradient_routing(w):
+    torch.manual_seed(0)
+    model = AE([12, 8, 4], "relu").double()
+    x = torch.randn(6, 12, dtype=torch.float64).tanh()
+    y = torch.randint(0, 10, (6,))
+    ae_grads(model, x, y, {"ce_weight": w})
+    got = _grads(model)
+    # encoder: (1 - w) MSE + w CE; heads: their own loss only
+    model.zero_grad(set_to_none=True)
+    z, xh, logits = model(x)
+    ((1 - w) * F.mse_loss(xh, x) + w * F.cross_entropy(logits, y)).backward()
+    for n, p in model.encoder.named_parameters():
+        torch.testing.assert_close(got[f"encoder.{n}"], p.grad, rtol=1e-9, atol=1e-12)
+    model.zero_grad(set_to_none=True)
+    z, xh, logits = model(x)
+    (F.mse_loss(xh, x) + F.cross_entropy(logits, y)).backward()
+    for n, p in model.decoder.named_parameters():
+        torch.testing.assert_close(got[f"decoder.{n}"], p.grad, rtol=1e-9, atol=1e-12)
+    for n, p in model.classifier.named_parameters():
+        torch.testing.assert_close(got[f"classifier.{n}"], p.grad, rtol=1e-9, atol=1e-12)
