@@ -56,7 +56,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; with ``only``, import just that plugin subcommand (fast start-up)."""
     p = argparse.ArgumentParser(prog="pcn", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_data)
 
     for name, module in PLUGINS.items():
+        if only is not None and name != only:
+            sub.add_parser(name)
+            continue
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -90,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    only = argv[0] if argv and argv[0] in PLUGINS else ("train" if argv and argv[0] in ("train", "data") else None)
+    args = build_parser(only).parse_args(argv)
     return int(args.func(args) or 0)
 
 

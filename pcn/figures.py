@@ -37,6 +37,7 @@ _METRIC_NAMES = {
     "val_acc": "validation accuracy",
     "train_acc": "train accuracy",
     "accuracy": "accuracy",
+    "acc": "accuracy",
     "recon_mse": "reconstruction MSE",
     "gen_mse": "generation MSE",
     "energy": "energy",
@@ -239,7 +240,7 @@ def _join_summary(table: pd.DataFrame, summary: pd.DataFrame | None) -> pd.DataF
 
 
 def inference(traces: pd.DataFrame, summary: pd.DataFrame | None = None,
-              metrics=(("energy_total", "energy"), ("accuracy", "acc", "test_acc"))) -> plt.Figure:
+              metrics=(("energy", "energy_total"), ("acc", "accuracy", "test_acc"))) -> plt.Figure:
     """Energy and accuracy vs inference step (log steps), one panel per rule, training T marked."""
     df = _join_summary(_whole_network(traces), summary)
     if "model" in df:

@@ -1,0 +1,43 @@
+# One training run per grid point.  The run's settings (workflow `train` base
+# overrides + its grid factors + data folder) go to a small YAML file; the
+# `pcn` CLI fills every other key from pcn/train_schema.yaml and writes the
+# fully resolved config to the run folder (config.json).
+
+
+rule run_config:
+    output:
+        "results/configs/{run}.yaml",
+    params:
+        cfg=run_config,
+    log:
+        "results/logs/run_config/{run}.log",
+    localrule: True
+    run:
+        write_run_config(params.cfg, output[0], log[0])
+
+
+rule train:
+    input:
+        cfg="results/configs/{run}.yaml",
+        data=data_marker,
+    output:
+        final=f"{RUNS_ROOT}/{{run}}/final.json",
+        metrics=f"{RUNS_ROOT}/{{run}}/metrics.csv",
+        config=f"{RUNS_ROOT}/{{run}}/config.json",
+        model=f"{RUNS_ROOT}/{{run}}/model.pt",
+    params:
+        out=run_path,
+        ckpt=lambda wildcards: f"results/checkpoints/{wildcards.run}",
+        device=config["device"],
+    log:
+        "results/logs/train/{run}.log",
+    benchmark:
+        "results/benchmarks/train/{run}.tsv"
+    threads: RES["train"]["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: RES["train"]["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: RES["train"]["runtime"] * attempt,
+        gpu=RES["train"]["gpu"],
+    shell:
+        "pcn train --config {input.cfg:q} --out {params.out:q} --ckpt-dir {params.ckpt:q}"
+        " --device {params.device} --threads {threads} > {log:q} 2>&1"
