@@ -28,8 +28,10 @@ def pcn_batch(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[s
     z0 = init_latents(model, x, cfg["init"])
     z, eps = infer(model, x, z0, eval_T(cfg), cfg["eta"], momentum=cfg["momentum"])
     d = x.shape[1]
+    logits = model.readout(z[-1])
+    right = (logits.argmax(1) == y) & torch.isfinite(logits).all(1)  # a non-finite prediction is wrong
     return {
-        "acc": (model.readout(z[-1]).argmax(1) == y).sum(),
+        "acc": right.sum(),
         "recon_mse": (eps[0] * eps[0]).sum() / d,
         "gen_mse": ((model.generate(z[-1]) - x) ** 2).sum() / d,
         "energy": layer_energies(eps).sum(),

@@ -22,12 +22,15 @@ import torch
 from pcn import config as config_mod
 from pcn import data
 from pcn.ae import AE, ae_grads
+from pcn.alignment import grad_alignment
 from pcn.evaluate import evaluate
 from pcn.model import PCN
 from pcn.rules import RULES
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_energy", "train_ce", "train_acc", "val_acc", "test_acc",
                   "recon_mse", "gen_mse", "energy", "seconds", "diverged"]
+ALIGN_COLUMNS = ["epoch", "layer", "metric", "value"]
+ALIGN_BATCH = 128  # the first 128 training images: the fixed batch of the alignment log
 # Keys that say where data lives, not what is computed: they may change on resume.
 LOCATION_KEYS = ("data_dir", "data_root")
 
@@ -47,6 +50,13 @@ def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
     if kind == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     return torch.optim.SGD(params, lr=lr, momentum=cfg["sgd_momentum"], weight_decay=wd)
+
+
+def build_scheduler(cfg: dict, opt: torch.optim.Optimizer, n_batches: int):
+    """Per-batch lr schedule: constant, or cosine from lr to 0 over epochs * n_batches steps."""
+    if cfg["lr_schedule"] == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"] * n_batches)
 
 
 def grads_fn(cfg: dict) -> Callable:
@@ -86,10 +96,10 @@ def _clean(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def _write_metrics(path: Path, rows: list[dict]) -> None:
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+        wr = csv.DictWriter(fh, fieldnames=columns)
         wr.writeheader()
         wr.writerows(rows)
     os.replace(tmp, path)
@@ -114,6 +124,37 @@ def _load_checkpoint(path: Path, cfg: dict) -> dict | None:
     return ck
 
 
+def _alignment_rows(model, ds: data.Dataset, cfg: dict, epoch: int, dev: torch.device) -> list[dict]:
+    """PC-vs-BP gradient cosines per layer on the fixed alignment batch (pcn runs only)."""
+    if not isinstance(model, PCN):
+        return []
+    x, y = ds.train.x[:ALIGN_BATCH].to(dev), ds.train.y[:ALIGN_BATCH].to(dev)
+    return [dict(epoch=epoch, **r) for r in grad_alignment(model, x, y, cfg)]
+
+
+def _fail_once_after(epoch: int, out: Path) -> None:
+    """Test-only fault injection (tests/test_slurm_e2e.py): crash one run once, after a checkpoint.
+
+    With PCN_FAIL_ONCE_AFTER_EPOCH=N and PCN_FAIL_ONCE_MARKER=<path> in the environment, the
+    first run to save the checkpoint of epoch N creates the marker file (atomically; it holds
+    that run's output folder) and exits with status 3.  Every later run, including the restarted
+    one, sees the marker and carries on, so a retried job resumes from its checkpoint.  Unset
+    (always, outside that test), this does nothing.
+    """
+    after, marker = os.environ.get("PCN_FAIL_ONCE_AFTER_EPOCH"), os.environ.get("PCN_FAIL_ONCE_MARKER")
+    if not after or not marker or epoch != int(after):
+        return
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{out}\n")
+    print(f"pcn train: injected failure after the checkpoint of epoch {epoch} "
+          f"(PCN_FAIL_ONCE_AFTER_EPOCH={after}, marker {marker}); exiting with status 3", file=sys.stderr, flush=True)
+    raise SystemExit(3)
+
+
 def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device: str = "auto",
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     """Train one run to completion (or divergence); return the final metrics dict."""
@@ -130,18 +171,21 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
     n_eval = min(cfg["eval_train_size"], len(ds.train))
     model = build_model(cfg).to(dev)
     opt = build_optimizer(cfg, model.parameters())
+    B, n = cfg["batch_size"], len(train_y)
+    n_batches = math.ceil(n / B)
+    sched = build_scheduler(cfg, opt, n_batches)
     rows: list[dict] = []
+    align = _alignment_rows(model, ds, cfg, 0, dev)
     start_epoch, elapsed = 1, 0.0
     ck = _load_checkpoint(ckpt_path, cfg)
     if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
-        rows, start_epoch, elapsed = ck["rows"], ck["epoch"] + 1, ck["elapsed"]
+        sched.load_state_dict(ck["sched"])
+        rows, align, start_epoch, elapsed = ck["rows"], ck["align"], ck["epoch"] + 1, ck["elapsed"]
         log(f"resuming from {ckpt_path} after epoch {ck['epoch']}")
 
     step = grads_fn(cfg)
-    B, n = cfg["batch_size"], len(train_y)
-    n_batches = math.ceil(n / B)
     diverged_at: tuple[int, int] | None = None
     for epoch in range(start_epoch, cfg["epochs"] + 1):
         t0 = time.perf_counter()
@@ -155,6 +199,7 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
                 diverged_at = (epoch, b)
                 break
             opt.step()
+            sched.step()
             for k in sums:
                 sums[k] += vals[k]
             if n_batches >= 200 and (b + 1) % (n_batches // 4) == 0 and b + 1 < n_batches:
@@ -170,12 +215,16 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
                "test_acc": te["acc"], "recon_mse": te["recon_mse"], "gen_mse": te["gen_mse"],
                "energy": te["energy"], "seconds": seconds, "diverged": diverged_at is not None}
         rows.append(row)
-        _write_metrics(out / "metrics.csv", rows)
+        _write_csv(out / "metrics.csv", rows, METRIC_COLUMNS)
+        if not diverged_at:
+            align += _alignment_rows(model, ds, cfg, epoch, dev)
+        _write_csv(out / "alignment.csv", align, ALIGN_COLUMNS)
         if diverged_at:
             log(f"epoch {epoch}: DIVERGED at batch {diverged_at[1]} (non-finite loss); stopping")
             break
-        _atomic_save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                      "rows": rows, "config": cfg, "elapsed": elapsed}, ckpt_path)
+        _atomic_save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                      "rows": rows, "align": align, "config": cfg, "elapsed": elapsed}, ckpt_path)
+        _fail_once_after(epoch, out)
         log(f"epoch {epoch}/{cfg['epochs']} loss {row['train_loss']:.4f} test_acc {te['acc']:.4f} "
             f"val_acc {va['acc']:.4f} recon_mse {te['recon_mse']:.4f} gen_mse {te['gen_mse']:.4f} "
             f"({seconds:.1f}s)")

@@ -31,6 +31,10 @@ def test_outputs_and_model_reload(tmp_path, mnist_dir):
     m = pd.read_csv(run / "metrics.csv")
     assert list(m.epoch) == [1, 2] and m.notna().all().all()
     assert 0 <= final["test_acc"] <= 1 and final["recon_mse"] > 0 and not final["diverged"]
+    al = pd.read_csv(run / "alignment.csv")
+    assert sorted(al.epoch.unique()) == [0, 1, 2]
+    cos = al[al.metric == "cos_W"]
+    assert len(cos) == 3 * 2 and cos.value.between(-1, 1).all()
     on_disk = json.loads((run / "final.json").read_text())
     assert on_disk["test_acc"] == final["test_acc"] and on_disk["rule"] == "pc"
     model, cfg = load_model(run / "model.pt")
@@ -50,7 +54,7 @@ def test_same_seed_same_result(tmp_path, mnist_dir, kw):
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path, mnist_dir):
-    cfg = _cfg(mnist_dir, epochs=4, train_subset=3000, T=10)
+    cfg = _cfg(mnist_dir, epochs=6, train_subset=5000, T=20)
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(cfg))
     run, ck = tmp_path / "run", tmp_path / "ck"
@@ -62,8 +66,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, mnist_dir):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (ck / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.3)  # into the next epoch
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not (run / "final.json").exists(), "the run finished before it could be killed"
@@ -76,7 +79,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, mnist_dir):
     a = torch.load(run / "model.pt")["state"]
     b = torch.load(tmp_path / "ref" / "model.pt")["state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert list(pd.read_csv(run / "metrics.csv").epoch) == [1, 2, 3, 4]
+    assert list(pd.read_csv(run / "metrics.csv").epoch) == [1, 2, 3, 4, 5, 6]
+    assert (run / "alignment.csv").read_text() == (tmp_path / "ref" / "alignment.csv").read_text()
 
 
 def test_divergence_is_recorded_not_raised(tmp_path, mnist_dir):
