@@ -1,0 +1,95 @@
+"""PC-vs-BP gradient alignment (spec 4): for the same weights and the same batch, the cosine
+between the PC weight update (``pcn.rules.pc_grads``: -dF/dtheta at the final latents of the
+label-nudged inference) and the BP gradient of the same objective (``pcn.rules.bp_grads``:
+d/dtheta [(1 - w) E(z^T) + w CE(z^T_L)] through the unrolled inference), per generative layer.
+
+Theory: at w = 0 and an inference run to a fixed point (dE/dz = 0), the envelope theorem gives
+dE(z*(theta), theta)/dtheta = dE/dtheta|_{z*}, i.e. the two agree exactly; for small w they
+agree to first order in w.  Away from equilibrium (small T) they differ.
+
+Compared: W_l and b_l for l = 0..L-1 (the readout C, c trains on its own probe CE under both
+rules, and the amortiser has different objectives under the two rules, so neither is compared).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+
+from pcn.model import PCN
+from pcn.rules import bp_grads, pc_grads
+
+COLUMNS = ["source", "epoch", "w", "T", "layer", "metric", "value"]
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """cos(a, b) of two flattened tensors; nan when either is zero or non-finite."""
+    a, b = a.flatten().double(), b.flatten().double()
+    den = float(a.norm() * b.norm())
+    num = float(a @ b)
+    return num / den if den > 0 and math.isfinite(den) and math.isfinite(num) else float("nan")
+
+
+def _ratio(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a|| / ||b||; nan when ||b|| is zero or non-finite."""
+    na, nb = float(a.double().norm()), float(b.double().norm())
+    return na / nb if nb > 0 and math.isfinite(nb) else float("nan")
+
+
+def rule_grads(rule, model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
+    """The generative-parameter gradients (W.l, b.l) one learning rule gives for one batch,
+    computed on a copy of ``model`` (the model's own .grad fields are left untouched)."""
+    m = copy.deepcopy(model)
+    m.zero_grad(set_to_none=True)
+    rule(m, x, y, cfg)
+    out = {}
+    for l in range(m.L):
+        for name, p in ((f"W.{l}", m.W[l]), (f"b.{l}", m.b[l])):
+            out[name] = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+    return out
+
+
+def grad_alignment(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> list[dict]:
+    """Rows (layer, metric, value): per generative layer l the cosines cos_W, cos_b between the
+    pc update and the bp gradient (both as descent directions' negatives, i.e. gradients), and
+    norm_ratio_W = ||pc_W|| / ||bp_W||; layer "all" is the cosine over all W_l and b_l together.
+    ``cfg`` supplies ce_weight, T, eta, init and momentum of both rules."""
+    pc = rule_grads(pc_grads, model, x, y, cfg)
+    bp = rule_grads(bp_grads, model, x, y, cfg)
+    rows = []
+    for l in range(model.L):
+        W, b = f"W.{l}", f"b.{l}"
+        rows += [dict(layer=str(l), metric="cos_W", value=_cosine(pc[W], bp[W])),
+                 dict(layer=str(l), metric="cos_b", value=_cosine(pc[b], bp[b])),
+                 dict(layer=str(l), metric="norm_ratio_W", value=_ratio(pc[W], bp[W]))]
+    flat_pc = torch.cat([g.flatten() for g in pc.values()])
+    flat_bp = torch.cat([g.flatten() for g in bp.values()])
+    rows.append(dict(layer="all", metric="cos", value=_cosine(flat_pc, flat_bp)))
+    return rows
+
+
+def load_weights(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict, int | None]:
+    """A model from a saved model.pt (keys config, state) or a training checkpoint ckpt.pt
+    (keys config, model, epoch): (model, config, epoch or None)."""
+    from pcn.train import build_model  # late import: train imports much of the package
+
+    blob = torch.load(path, map_location=device, weights_only=False)
+    model = build_model(blob["config"])
+    model.load_state_dict(blob["state"] if "state" in blob else blob["model"])
+    return model.to(device), blob["config"], blob.get("epoch")
+
+
+def alignment_table(sources: list[tuple[str, int | None, PCN]], x: torch.Tensor, y: torch.Tensor,
+                    cfg: dict, ws: list[float], Ts: list[int]) -> list[dict]:
+    """Tidy rows (COLUMNS) of ``grad_alignment`` for every weight source (name, epoch, model),
+    CE weight in ``ws`` and inference length in ``Ts``; other settings from ``cfg``."""
+    rows = []
+    for name, epoch, model in sources:
+        for w in ws:
+            for T in Ts:
+                c = dict(cfg, ce_weight=float(w), T=int(T))
+                for r in grad_alignment(model, x, y, c):
+                    rows.append(dict(source=name, epoch=epoch, w=float(w), T=int(T), **r))
+    return rows

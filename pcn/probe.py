@@ -1,0 +1,287 @@
+"""Inference-dynamics probe of a trained run: traces, sensitivity, linear probes, alignment, clamping.
+
+``pcn probe --run RUN_DIR --out trace.csv [--steps N]`` writes the per-step trace table; the
+other tables (``--sensitivity``, ``--linear-probes``, ``--alignment``, ``--clamp``) are
+optional.  Everything here runs test-mode inference (x only, no label) with the run's own
+init, eta and momentum, on the first ``--n-test`` images of the run's test split.
+See docs/probing.md for every table's columns.
+
+This module holds the traces, the test-time sensitivity and the command line; the linear
+probes, the gradient alignment and the clamping modes live in pcn/linear_probe.py,
+pcn/alignment.py and pcn/clamp.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from pcn import data
+from pcn.inference import infer, init_latents
+from pcn.model import PCN
+
+TRACE_COLUMNS = ["step", "layer", "metric", "value"]
+SENSITIVITY_COLUMNS = ["eta_factor", "eta", "T", "metric", "value"]
+SENSITIVITY_METRICS = ("acc", "recon_mse", "gen_mse", "energy", "nonfinite")
+ETA_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+# ----------------------------------------------------------------------------- run loading
+
+def load_run(run_dir: str | Path, device: str = "cpu",
+             data_dir: str | None = None) -> tuple[torch.nn.Module, dict, data.Dataset]:
+    """(model, config, dataset) of a trained run folder (model.pt; data as the run saw it,
+    its data_dir replaced by ``data_dir`` when given)."""
+    from pcn.train import load_model  # late import: train imports much of the package
+
+    model, cfg = load_model(Path(run_dir) / "model.pt", device)
+    model.eval()
+    dcfg = dict(cfg, data_dir=data_dir) if data_dir else cfg
+    return model, cfg, data.load(dcfg)
+
+
+def default_probe_steps(T_train: int) -> int:
+    """T_probe = 10 x the training T (at least 10)."""
+    return 10 * max(int(T_train), 1)
+
+
+def record_steps(T_train: int, T_probe: int, n_log: int = 30) -> list[int]:
+    """Steps at which the trace is recorded: every step 0..min(T_train, T_probe), then
+    ``n_log`` log-spaced steps from T_train to T_probe (rounded, T_probe always included)."""
+    steps = set(range(min(T_train, T_probe) + 1)) | {T_probe}
+    if T_probe > max(T_train, 1) and n_log > 0:
+        steps |= {int(round(s)) for s in np.geomspace(max(T_train, 1), T_probe, n_log)}
+    return sorted(steps)
+
+
+# ----------------------------------------------------------------------------- traces
+
+class TraceRecorder:
+    """Callback for ``pcn.inference.infer`` that sums per-sample metrics over batches at the
+    recorded steps, and finds the first step at which any latent became non-finite."""
+
+    def __init__(self, model: PCN, steps: list[int]):
+        self.model, self.steps = model, set(steps)
+        self.sums: dict[tuple[int, str, str], float] = defaultdict(float)
+        self.n = 0
+        self.first_nonfinite = math.inf
+        self.x = self.y = None
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> "TraceRecorder":
+        """Set the batch the next inference runs on."""
+        self.x, self.y = x, y
+        self.n += len(y)
+        return self
+
+    def _add(self, t: int, layer: str, metric: str, value: torch.Tensor) -> None:
+        self.sums[(t, layer, metric)] += float(value)
+
+    def __call__(self, t: int, z: list, eps: list, dz: list | None) -> None:
+        if t < self.first_nonfinite and not all(bool(torch.isfinite(a).all()) for a in list(z) + list(eps)):
+            self.first_nonfinite = t
+        if t in self.steps:
+            self._layers(t, z, eps, dz)
+            self._network(t, z, eps, dz)
+
+    def _layers(self, t: int, z: list, eps: list, dz: list | None) -> None:
+        """energy_l, error_norm_l (eps layers), z_norm_l and dz_norm_l (latent layers)."""
+        for l, e in enumerate(eps):
+            self._add(t, str(l), "energy", 0.5 * (e * e).sum())
+            self._add(t, str(l), "error_norm", e.norm(dim=1).sum())
+        for l, zl in enumerate(z, start=1):
+            self._add(t, str(l), "z_norm", zl.norm(dim=1).sum())
+            if dz is not None:
+                self._add(t, str(l), "dz_norm", dz[l - 1].norm(dim=1).sum())
+
+    def _network(self, t: int, z: list, eps: list, dz: list | None) -> None:
+        """Whole-network metrics (layer "all")."""
+        m, x, y = self.model, self.x, self.y
+        d = x.shape[1]
+        logits = m.readout(z[-1])
+        finite = torch.stack([torch.isfinite(a).all(1) for a in list(z) + list(eps)]).all(0)
+        self._add(t, "all", "energy", 0.5 * sum((e * e).sum() for e in eps))
+        if dz is not None:
+            self._add(t, "all", "dz_norm", torch.sqrt(sum((dl * dl).sum(1) for dl in dz)).sum())
+        self._add(t, "all", "acc", ((logits.argmax(1) == y) & finite).sum())
+        self._add(t, "all", "ce", F.cross_entropy(logits, y, reduction="sum"))
+        self._add(t, "all", "recon_mse", (eps[0] * eps[0]).sum() / d)
+        self._add(t, "all", "gen_mse", ((m.generate(z[-1]) - x) ** 2).sum() / d)
+        self._add(t, "all", "nonfinite", (~finite).sum())
+
+    def rows(self) -> list[dict]:
+        """Tidy rows (TRACE_COLUMNS): sums turned into means over samples."""
+        rows = [dict(step=t, layer=layer, metric=metric, value=v / max(self.n, 1))
+                for (t, layer, metric), v in sorted(self.sums.items(), key=_row_order)]
+        last = max(self.steps) if self.steps else 0
+        first = self.first_nonfinite if math.isfinite(self.first_nonfinite) else float("nan")
+        rows.append(dict(step=last, layer="all", metric="first_nonfinite_step", value=first))
+        return rows
+
+
+def _row_order(item: tuple) -> tuple:
+    """Sort key: step, then numbered layers in order, then "all", then metric."""
+    (t, layer, metric), _ = item
+    return (t, layer == "all", int(layer) if layer.isdigit() else 0, metric)
+
+
+@torch.no_grad()
+def run_recorder(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict, steps: list[int],
+                 eta: float, batch: int = 1000) -> TraceRecorder:
+    """Test-mode inference (x only) for max(steps) steps from the run's init, in batches,
+    recording at ``steps``; returns the filled recorder."""
+    rec = TraceRecorder(model, steps)
+    for i in range(0, len(y), batch):
+        xb, yb = x[i:i + batch], y[i:i + batch]
+        z0 = init_latents(model, xb, cfg["init"])
+        infer(model, xb, z0, max(steps), eta, momentum=cfg["momentum"], callback=rec.batch(xb, yb))
+    return rec
+
+
+def trace_table(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict,
+                T_probe: int, n_log: int = 30, batch: int = 1000) -> pd.DataFrame:
+    """The trace table (TRACE_COLUMNS) of test-mode inference for T_probe steps at the run's
+    eta; an empty table with the same columns for a model without inference (ae)."""
+    if not isinstance(model, PCN):
+        return pd.DataFrame(columns=TRACE_COLUMNS)
+    steps = record_steps(cfg["T"], T_probe, n_log)
+    rec = run_recorder(model, x, y, cfg, steps, cfg["eta"], batch)
+    return pd.DataFrame(rec.rows(), columns=TRACE_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- sensitivity
+
+def sensitivity_steps(T_train: int) -> list[int]:
+    """Test-time T grid: 0, 1, 2, 5, T/2, T, 2T, 5T, 10T (T = training T, at least 1)."""
+    T = max(int(T_train), 1)
+    return sorted({0, 1, 2, 5, T // 2, T, 2 * T, 5 * T, 10 * T})
+
+
+def sensitivity_table(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict,
+                      eta_factors: tuple[float, ...] = ETA_FACTORS, batch: int = 1000) -> pd.DataFrame:
+    """acc, recon_mse, gen_mse, energy and the non-finite fraction after test-time inference,
+    on the full grid eta = factor x training eta  x  T in ``sensitivity_steps`` (one inference
+    per eta, read off at every T).  Empty (same columns) for a model without inference."""
+    if not isinstance(model, PCN):
+        return pd.DataFrame(columns=SENSITIVITY_COLUMNS)
+    Ts = sensitivity_steps(cfg["T"])
+    rows = []
+    for k in eta_factors:
+        eta = float(k) * cfg["eta"]
+        for r in run_recorder(model, x, y, cfg, Ts, eta, batch).rows():
+            if r["layer"] == "all" and r["metric"] in SENSITIVITY_METRICS:
+                rows.append(dict(eta_factor=float(k), eta=eta, T=r["step"], metric=r["metric"], value=r["value"]))
+    return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _int_list(text: str) -> list[int]:
+    """'0,20,200' -> [0, 20, 200]."""
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def _float_list(text: str) -> list[float]:
+    """'0.25,1,4' -> [0.25, 1.0, 4.0]."""
+    return [float(s) for s in text.split(",") if s.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``pcn probe`` (every output but --out is optional)."""
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="trained run folder (model.pt, config.json)")
+    p.add_argument("--out", required=True, metavar="FILE.csv", help="trace table CSV (step, layer, metric, value)")
+    p.add_argument("--steps", type=int, metavar="N", help="T_probe, inference steps of the trace (default 10 x training T)")
+    p.add_argument("--log-points", type=int, default=30, metavar="N", help="log-spaced trace steps past training T (default 30)")
+    p.add_argument("--n-test", type=int, default=1000, metavar="N", help="first N test images probed (default 1000)")
+    p.add_argument("--n-train", type=int, default=5000, metavar="N", help="first N training images that fit the linear probes (default 5000)")
+    p.add_argument("--batch", type=int, default=1000, metavar="N", help="inference batch size (default 1000)")
+    p.add_argument("--sensitivity", metavar="FILE.csv", help="write the test-time T x eta sensitivity table (CSV)")
+    p.add_argument("--eta-factors", type=_float_list, default=list(ETA_FACTORS), metavar="F,F,...",
+                   help="eta multipliers of the sensitivity grid (default 0.25,0.5,1,2,4)")
+    p.add_argument("--linear-probes", metavar="FILE.csv", help="write the per-layer linear probe table (CSV)")
+    p.add_argument("--probe-at", type=_int_list, metavar="T,T,...", help="inference steps at which latents are probed (default: eval T)")
+    p.add_argument("--alignment", metavar="FILE.csv", help="write the PC-vs-BP gradient alignment table (CSV)")
+    p.add_argument("--align-batch", type=int, default=128, metavar="N", help="training images in the alignment batch (default 128)")
+    p.add_argument("--align-T", type=_int_list, metavar="T,T,...", help="inference lengths of the alignment (default: T, 10T)")
+    p.add_argument("--checkpoints", nargs="*", default=[], metavar="FILE.pt", help="extra model.pt/ckpt.pt files for the alignment")
+    p.add_argument("--clamp", metavar="DIR", help="folder for the clamping modes (clamp.csv, PNG grids, clamp_images.npz)")
+    p.add_argument("--data-dir", metavar="DIR", help="override the run's data_dir (folder with the raw IDX files)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads")
+
+
+def _write(df: pd.DataFrame, path: str | Path) -> None:
+    """CSV write, creating the parent folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+
+
+def _timed(log: Callable[[str], None], what: str, fn: Callable[[], pd.DataFrame], path: str) -> None:
+    """Build one table, write it, log the time taken."""
+    t0 = time.perf_counter()
+    df = fn()
+    _write(df, path)
+    log(f"{what}: {len(df)} rows -> {path} ({time.perf_counter() - t0:.1f}s)")
+
+
+def _alignment(args: argparse.Namespace, model: torch.nn.Module, cfg: dict, ds: data.Dataset) -> pd.DataFrame:
+    """The alignment table of a run: initial weights (rebuilt from the seed), final weights and
+    any --checkpoints, at the run's w and at w = 0."""
+    from pcn import alignment
+    from pcn.train import build_model
+
+    if not isinstance(model, PCN):
+        return pd.DataFrame(columns=alignment.COLUMNS)
+    dev = next(model.parameters()).device
+    final = json.loads((Path(args.run) / "final.json").read_text()) if (Path(args.run) / "final.json").exists() else {}
+    sources = [("init", 0, build_model(cfg).to(dev)), ("final", final.get("epochs_done"), model)]
+    for path in args.checkpoints:
+        m, _, epoch = alignment.load_weights(path, str(dev))
+        sources.append((Path(path).stem, epoch, m))
+    x, y = ds.train.x[:args.align_batch].to(dev), ds.train.y[:args.align_batch].to(dev)
+    ws = sorted({float(cfg["ce_weight"]), 0.0})
+    Ts = args.align_T or sorted({cfg["T"], 10 * max(cfg["T"], 1)})
+    return pd.DataFrame(alignment.alignment_table(sources, x, y, cfg, ws, Ts), columns=alignment.COLUMNS)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``pcn probe``: load the run, write the requested tables."""
+    from pcn import clamp, linear_probe
+    from pcn.train import pick_device
+
+    log = lambda s: print(f"pcn probe: {s}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model, cfg, ds = load_run(args.run, str(pick_device(args.device)), args.data_dir)
+    except (data.DataError, FileNotFoundError, RuntimeError) as e:
+        log(str(e))
+        return 1
+    dev = next(model.parameters()).device
+    x, y = ds.test.x[:args.n_test].to(dev), ds.test.y[:args.n_test].to(dev)
+    T_probe = args.steps or default_probe_steps(cfg["T"])
+    log(f"{args.run}: model {cfg['model']}, {len(y)} test images, T_probe {T_probe}")
+    _timed(log, "trace", lambda: trace_table(model, x, y, cfg, T_probe, args.log_points, args.batch), args.out)
+    if args.sensitivity:
+        _timed(log, "sensitivity", lambda: sensitivity_table(model, x, y, cfg, tuple(args.eta_factors), args.batch),
+               args.sensitivity)
+    if args.linear_probes:
+        xtr, ytr = ds.train.x[:args.n_train].to(dev), ds.train.y[:args.n_train].to(dev)
+        _timed(log, "linear probes", lambda: linear_probe.probe_table(model, cfg, xtr, ytr, x, y, args.probe_at,
+                                                                     args.batch), args.linear_probes)
+    if args.alignment:
+        _timed(log, "alignment", lambda: _alignment(args, model, cfg, ds), args.alignment)
+    if args.clamp:
+        t0 = time.perf_counter()
+        clamp.run_clamp(model, cfg, ds.train.x[:args.n_train].to(dev), x, y, args.clamp, T_probe)
+        log(f"clamp -> {args.clamp} ({time.perf_counter() - t0:.1f}s)")
+    return 0
