@@ -52,15 +52,32 @@ def slurm_skip_reason() -> str | None:
     return f"slurm packages missing ({pkgs}) and could not be installed: {msg}"
 
 
+# One cluster per test session, however many modules import the fixture: pytest makes a
+# separate session fixture for each module that imports it (and one for pytest_plugins), and
+# a second cluster could not take /etc/slurm/slurm.conf while the first is up.
+_SHARED: dict = {"cluster": None, "users": 0}
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A started single-node slurm cluster (2 fake GPUs, partition 'debug')."""
     reason = slurm_skip_reason()
     if reason:
         pytest.skip(reason)
-    cluster = _sc.SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    if _SHARED["cluster"] is None:
+        cluster = _sc.SlurmCluster(tmp_path_factory.mktemp("slurm"))
+        try:
+            cluster.start()  # raises SlurmHarnessError with log tails on failure
+        except BaseException:
+            cluster.stop()
+            raise
+        _SHARED["cluster"] = cluster
+    cluster = _SHARED["cluster"]
+    _SHARED["users"] += 1
     try:
-        cluster.start()  # raises SlurmHarnessError with log tails on failure
         yield cluster
     finally:
-        cluster.stop()
+        _SHARED["users"] -= 1
+        if _SHARED["users"] == 0:
+            _SHARED["cluster"] = None
+            cluster.stop()
