@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pcn.energy import layer_energies
-from pcn.inference import infer, init_latents
+from pcn.inference import infer, infer_state, init_latents
 from pcn.model import PCN
 
 
@@ -32,15 +32,18 @@ def _readout_grads(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits, y)
 
 
-def _amortiser_grads(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
+def _amortiser_grads(model: PCN, x: torch.Tensor, z: list[torch.Tensor],
+                     fz: list[torch.Tensor] | None = None, guess0: torch.Tensor | None = None) -> torch.Tensor:
     """Local regression of the amortiser onto the inferred latents:
-    loss = sum_l 1/2 ||V_l g_l(z*_l) + a_l - z*_{l+1}||^2 (batch mean)."""
+    loss = sum_l 1/2 ||V_l g_l(z*_l) + a_l - z*_{l+1}||^2 (batch mean).  ``fz``: f(z*) if known;
+    ``guess0``: V_0 x + a_0 if known (the amortised z_1^0: layer 0's input is x either way)."""
     B = x.shape[0]
     total = x.new_zeros(())
     for l in range(model.L):
-        inp = x if l == 0 else model.f(z[l - 1])
-        r = torch.addmm(model.a[l], inp, model.V[l].t()) - z[l]
-        model.V[l].grad = r.t() @ inp / B
+        inp = x if l == 0 else (fz[l - 1] if fz is not None else model.f(z[l - 1]))
+        pred = guess0 if (l == 0 and guess0 is not None) else torch.addmm(model.a[l], inp, model.V[l].t())
+        r = pred - z[l]
+        model.V[l].grad = torch.addmm(model.V[l], r.t(), inp, beta=0.0, alpha=1.0 / B)
         model.a[l].grad = r.mean(0)
         total = total + 0.5 * (r * r).sum(1).mean()
     return total
@@ -51,18 +54,19 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
     """Local PC rule: infer on F with the label, then -dF/dtheta at the final latents."""
     w = float(cfg["ce_weight"])
     z0 = init_latents(model, x, cfg["init"])
-    z, eps = infer(model, x, z0, cfg["T"], cfg["eta"], y=y, w=w, momentum=cfg["momentum"])
+    z, eps, fz = infer_state(model, x, z0, cfg["T"], cfg["eta"], y=y, w=w, momentum=cfg["momentum"])
     B = x.shape[0]
-    for l in range(model.L):
-        model.W[l].grad = -(1.0 - w) * (eps[l].t() @ model.f(z[l])) / B
-        model.b[l].grad = -(1.0 - w) * eps[l].mean(0)
+    k = -(1.0 - w) / B
+    for l in range(model.L):  # f(z*) comes from the inference (computed there once)
+        model.W[l].grad = torch.addmm(model.W[l], eps[l].t(), fz[l], beta=0.0, alpha=k)
+        model.b[l].grad = eps[l].sum(0).mul_(k)
     if model.prior_mean is not None:
-        model.prior_mean.grad = -(1.0 - w) * eps[-1].mean(0)
+        model.prior_mean.grad = eps[-1].sum(0).mul_(k)
     E = layer_energies(eps).sum(0).mean()
     ce = _readout_grads(model, z[-1], y)
     out = {"loss": (1.0 - w) * E + w * ce, "energy": E, "ce": ce}
     if model.V is not None:
-        out["amortiser"] = _amortiser_grads(model, x, z)
+        out["amortiser"] = _amortiser_grads(model, x, z, fz, z0[0] if cfg["init"] == "amortised" else None)
     return out
 
 
