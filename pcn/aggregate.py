@@ -6,8 +6,22 @@
   factor columns prepended.
 * ``traces``: every ``RUN/trace.csv`` of ``pcn probe`` (one row per
   run x step x layer x metric) with the run's factor columns prepended.
+* ``sensitivity``: every ``RUN/sensitivity.csv`` (run x eta x test-time T x metric);
+  the probe's ``T`` and ``eta`` columns are renamed ``test_T`` and ``test_eta`` so they
+  cannot clash with the training factors ``T`` and ``eta``.
+* ``linear_probes``: every ``RUN/linear_probes.csv`` (run x step x layer x metric; pcn
+  and ae runs).
+* ``alignment``: every ``RUN/alignment.csv`` written during training (PC-vs-BP cosine,
+  run x epoch x layer x metric; pcn runs).
+* ``clamp``: every ``RUN/clamp/clamp.csv`` (run x mode x label x metric).
+* ``images``: one .npz of images (one row per image: run, kind, pos, label, pixels)
+  from ``RUN/images.npz`` (kinds x, recon, gen) and, where present, the clamp outputs
+  ``RUN/clamp/generated.npy`` (kind generated) and ``RUN/clamp/clamp_images.npz``
+  (kinds original, occluded, completed).
 
-Any figure can be redrawn from these three tables without touching the runs.
+Runs lacking a probe file (e.g. ``ae`` runs have no trace) are skipped.  Every table
+carries ``run`` and the same factor columns, so any figure can be redrawn from these
+tables without touching the runs.
 """
 from __future__ import annotations
 
@@ -17,6 +31,7 @@ import math
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from pcn.naming import fmt_value, parse_run_dir
@@ -96,7 +111,10 @@ def factor_columns(summary: pd.DataFrame) -> list[str]:
     return cols
 
 
-def _attach(summary: pd.DataFrame, filename: str, missing_ok: bool) -> pd.DataFrame:
+def _attach(summary: pd.DataFrame, filename: str, missing_ok: bool,
+            rename: dict[str, str] | None = None) -> pd.DataFrame:
+    """Concatenate ``RUN/filename`` of every run with ``run`` and the factor columns in
+    front (columns of the file renamed by ``rename`` first)."""
     cols = factor_columns(summary)
     frames = []
     for _, row in summary.iterrows():
@@ -105,9 +123,12 @@ def _attach(summary: pd.DataFrame, filename: str, missing_ok: bool) -> pd.DataFr
             if missing_ok:
                 continue
             raise FileNotFoundError(f"run {row['run']}: {path} is missing")
-        table = pd.read_csv(path)
+        table = pd.read_csv(path).rename(columns=rename or {})
         if table.empty:
             continue
+        clash = sorted(set(table.columns) & ({"run"} | set(cols)))
+        if clash:
+            raise ValueError(f"run {row['run']}: columns {clash} of {path} clash with the factor columns")
         for c in reversed(cols):
             table.insert(0, c, row[c])
         table.insert(0, "run", row["run"])
@@ -132,6 +153,87 @@ def traces(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) 
     return _attach(summary, "trace.csv", missing_ok=True)
 
 
+def sensitivity(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """All runs' ``sensitivity.csv`` (test-time T x eta grid) with factor columns; the
+    probe's ``T``/``eta`` become ``test_T``/``test_eta``."""
+    summary = aggregate(run_dirs) if summary is None else summary
+    return _attach(summary, "sensitivity.csv", missing_ok=True, rename={"T": "test_T", "eta": "test_eta"})
+
+
+def linear_probes(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """All runs' ``linear_probes.csv`` (per-layer probes) with factor columns."""
+    summary = aggregate(run_dirs) if summary is None else summary
+    return _attach(summary, "linear_probes.csv", missing_ok=True)
+
+
+def alignment(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """All runs' training-time ``alignment.csv`` (PC-vs-BP cosines per epoch) with factor columns."""
+    summary = aggregate(run_dirs) if summary is None else summary
+    return _attach(summary, "alignment.csv", missing_ok=True)
+
+
+def clamp(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """All runs' ``clamp/clamp.csv`` (clamping modes) with factor columns."""
+    summary = aggregate(run_dirs) if summary is None else summary
+    return _attach(summary, "clamp/clamp.csv", missing_ok=True)
+
+
+#: Image kinds in the images table, in drawing order.
+IMAGE_KINDS = ("x", "recon", "gen", "generated", "original", "occluded", "completed")
+
+
+def _image_rows(run: str, kind: str, pixels: np.ndarray, labels) -> dict:
+    n = len(pixels)
+    return {"run": np.full(n, run), "kind": np.full(n, kind), "pos": np.arange(n),
+            "label": np.asarray(labels, dtype=np.int64), "pixels": np.asarray(pixels, dtype=np.float32)}
+
+
+def images(run_dirs: Iterable[str | Path], clamp_runs: Iterable[str | Path] | None = None) -> dict[str, np.ndarray]:
+    """The images of all runs as one long table of arrays (one row per image):
+    ``run``, ``kind`` (see IMAGE_KINDS), ``pos`` (its place in its run's grid), ``label``
+    (the true class; for ``generated`` the clamped class) and ``pixels`` (n x d, [-1, 1]
+    scale, nan where occluded or non-finite).  Factors come from the summary (by ``run``).
+    Clamp images are read for the runs in ``clamp_runs`` (None: wherever they exist)."""
+    parts = []
+    clamped = None if clamp_runs is None else {str(c) for c in clamp_runs}
+    for d in run_dirs:
+        run, path = str(d), Path(d)
+        if (path / "images.npz").exists():
+            with np.load(path / "images.npz") as z:
+                parts += [_image_rows(run, k, z[k], z["y"]) for k in ("x", "recon", "gen")]
+        if clamped is not None and run not in clamped:
+            continue
+        if (path / "clamp" / "generated.npy").exists():
+            gen = np.load(path / "clamp" / "generated.npy")
+            parts.append(_image_rows(run, "generated", gen, np.arange(len(gen))))
+        if (path / "clamp" / "clamp_images.npz").exists():
+            with np.load(path / "clamp" / "clamp_images.npz") as z:
+                labels = z["labels"] if "labels" in z else np.full(len(z["original"]), -1)
+                parts += [_image_rows(run, k, z[k], labels) for k in ("original", "occluded", "completed")]
+    if not parts:
+        return {"run": np.array([], dtype=str), "kind": np.array([], dtype=str), "pos": np.zeros(0, np.int64),
+                "label": np.zeros(0, np.int64), "pixels": np.zeros((0, 0), np.float32)}
+    dims = {p["pixels"].shape[1] for p in parts}
+    if len(dims) > 1:  # datasets of different sizes: pad with nan to the widest
+        width = max(dims)
+        for p in parts:
+            pad = width - p["pixels"].shape[1]
+            p["pixels"] = np.pad(p["pixels"], ((0, 0), (0, pad)), constant_values=np.nan)
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("run", "kind", "pos", "label", "pixels")}
+
+
+def read_images(path: str | Path) -> dict[str, np.ndarray]:
+    """An images table written by ``pcn aggregate --images-out``."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _write_images(table: dict[str, np.ndarray], out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb") as fh:
+        np.savez_compressed(fh, **table)
+
+
 def _write(df: pd.DataFrame, out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
@@ -151,6 +253,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training curves of all runs (metrics.csv), one row per run x epoch")
     parser.add_argument("--traces-out", metavar="CSV",
                         help="probe traces of all runs (trace.csv), one row per run x step x layer x metric")
+    parser.add_argument("--sensitivity-out", metavar="CSV",
+                        help="test-time sensitivity of all runs (sensitivity.csv), one row per run x eta x T x metric")
+    parser.add_argument("--linear-probes-out", metavar="CSV",
+                        help="linear probes of all runs (linear_probes.csv), one row per run x step x layer x metric")
+    parser.add_argument("--alignment-out", metavar="CSV",
+                        help="PC-vs-BP alignment logged in training (alignment.csv), "
+                             "one row per run x epoch x layer x metric")
+    parser.add_argument("--clamp-out", metavar="CSV",
+                        help="clamping modes of all runs (clamp/clamp.csv), one row per run x mode x label x metric")
+    parser.add_argument("--images-out", metavar="NPZ",
+                        help="images of all runs (images.npz and clamp images), one row per image")
+    parser.add_argument("--clamp-runs", nargs="*", metavar="DIR",
+                        help="with --images-out: read clamp images of these runs only (default: wherever present)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,20 +274,25 @@ def run(args: argparse.Namespace) -> int:
         run_dirs += _read_list(args.runs_from)
     if not run_dirs:
         raise SystemExit("pcn aggregate: no runs given (--runs DIR ... or --runs-from FILE)")
-    if not (args.out or args.curves_out or args.traces_out):
-        raise SystemExit("pcn aggregate: nothing to write (give --out, --curves-out and/or --traces-out)")
+    tables = {"curves_out": curves, "traces_out": traces, "sensitivity_out": sensitivity,
+              "linear_probes_out": linear_probes, "alignment_out": alignment, "clamp_out": clamp}
+    if not (args.out or getattr(args, "images_out", None) or any(getattr(args, k, None) for k in tables)):
+        raise SystemExit("pcn aggregate: nothing to write (give --out, --curves-out, --traces-out, "
+                         "--sensitivity-out, --linear-probes-out, --alignment-out, --clamp-out and/or --images-out)")
     summary = aggregate(run_dirs)
     if args.out:
         _write(summary, args.out)
         print(f"wrote {args.out}: {len(summary)} runs, {int(summary['diverged'].sum())} diverged")
-    if args.curves_out:
-        table = curves(run_dirs, summary)
-        _write(table, args.curves_out)
-        print(f"wrote {args.curves_out}: {len(table)} rows")
-    if args.traces_out:
-        table = traces(run_dirs, summary)
-        _write(table, args.traces_out)
-        print(f"wrote {args.traces_out}: {len(table)} rows")
+    for key, fn in tables.items():
+        out = getattr(args, key, None)
+        if out:
+            table = fn(run_dirs, summary)
+            _write(table, out)
+            print(f"wrote {out}: {len(table)} rows")
+    if getattr(args, "images_out", None):
+        imgs = images(run_dirs, getattr(args, "clamp_runs", None))
+        _write_images(imgs, args.images_out)
+        print(f"wrote {args.images_out}: {len(imgs['run'])} images")
     return 0
 
 

@@ -236,7 +236,8 @@ def _generate(model: PCN, cfg: dict, xtr: torch.Tensor, x: torch.Tensor, y: torc
 
 def _complete(model: PCN, cfg: dict, xtr: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
               steps: int, out: Path, n_show: int) -> list[dict]:
-    """The complete mode with its image outputs (completion.png, clamp_images.npz)."""
+    """The complete mode with its image outputs (completion.png, clamp_images.npz: original,
+    occluded, completed, visible mask and the true labels of the shown images)."""
     visible, fill = top_half_mask(x.shape[1], x.device), xtr.mean(0)
     xc, mu0, z = complete(model, cfg, x, visible, fill, steps)
     with torch.no_grad():
@@ -244,7 +245,7 @@ def _complete(model: PCN, cfg: dict, xtr: torch.Tensor, x: torch.Tensor, y: torc
     shown = torch.where(visible, x, torch.full_like(x, float("nan")))[:n_show]
     completed = torch.where(visible, x, mu0)[:n_show]
     arrs = {k: v.detach().cpu().numpy() for k, v in
-            dict(original=x[:n_show], occluded=shown, completed=completed, visible=visible).items()}
+            dict(original=x[:n_show], occluded=shown, completed=completed, visible=visible, labels=y[:n_show]).items()}
     np.savez(out / "clamp_images.npz", **arrs)
     save_grid([arrs["original"], arrs["occluded"], arrs["completed"]], out / "completion.png",
               ["original", "occluded", "completed"], [str(int(c)) for c in y[:n_show]])

@@ -42,6 +42,18 @@ def parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
+def from_text(value: Any) -> Any:
+    """``parse_value`` applied to every text leaf of nested lists and mappings (Snakemake's
+    ``--config`` gives nested values as text: ``"100"`` -> 100, ``"null"`` -> None)."""
+    if isinstance(value, str):
+        return parse_value(value)
+    if isinstance(value, list):
+        return [from_text(v) for v in value]
+    if isinstance(value, dict):
+        return {k: from_text(v) for k, v in value.items()}
+    return value
+
+
 def parse_overrides(items: Iterable[str]) -> dict:
     """Turn ``["key=value", ...]`` into a dict, rejecting malformed items."""
     out: dict = {}

@@ -1,9 +1,10 @@
 """Inference-dynamics probe of a trained run: traces, sensitivity, linear probes, alignment, clamping.
 
 ``pcn probe --run RUN_DIR --out trace.csv [--steps N]`` writes the per-step trace table; the
-other tables (``--sensitivity``, ``--linear-probes``, ``--alignment``, ``--clamp``) are
-optional.  Everything here runs test-mode inference (x only, no label) with the run's own
-init, eta and momentum, on the first ``--n-test`` images of the run's test split.
+other outputs (``--sensitivity``, ``--linear-probes``, ``--alignment``, ``--clamp``,
+``--images``) are optional, and so is the trace (at least one output must be asked for).
+Everything here runs test-mode inference (x only, no label) with the run's own init, eta and
+momentum, on the first ``--n-test`` images of the run's test split.
 See docs/probing.md for every table's columns.
 
 This module holds the traces, the test-time sensitivity and the command line; the linear
@@ -34,6 +35,7 @@ TRACE_COLUMNS = ["step", "layer", "metric", "value"]
 SENSITIVITY_COLUMNS = ["eta_factor", "eta", "T", "metric", "value"]
 SENSITIVITY_METRICS = ("acc", "recon_mse", "gen_mse", "energy", "nonfinite")
 ETA_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+N_IMAGES = 8
 
 
 # ----------------------------------------------------------------------------- run loading
@@ -183,6 +185,40 @@ def sensitivity_table(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
 
 
+# ----------------------------------------------------------------------------- images
+
+@torch.no_grad()
+def image_arrays(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, np.ndarray]:
+    """A few test digits with the model's reconstruction and generation, as float32 arrays
+    (n, d) on the [-1, 1] pixel scale, and their labels:
+
+    - ``x``: the images; ``y``: their labels (int64);
+    - ``recon``: mu_0, the model's own prediction of x after test-mode inference for eval T
+      steps (x clamped), as ``recon_mse`` in pcn/evaluate.py;
+    - ``gen``: the pure top-down pass ``model.generate(z_L)`` from the inferred top latent
+      alone, as ``gen_mse``.
+    An ``ae`` has no inference: ``recon`` and ``gen`` are both its decoder output x_hat.
+    Non-finite values (a diverged run) are kept as they are (nan / inf)."""
+    from pcn.evaluate import eval_T
+
+    if isinstance(model, PCN):
+        z, eps = infer(model, x, init_latents(model, x, cfg["init"]), eval_T(cfg), cfg["eta"],
+                       momentum=cfg["momentum"])
+        recon, gen = x - eps[0], model.generate(z[-1])
+    else:
+        recon = gen = model(x)[1]
+    out = {k: v.detach().float().cpu().numpy() for k, v in dict(x=x, recon=recon, gen=gen).items()}
+    out["y"] = y.detach().cpu().numpy().astype(np.int64)
+    return out
+
+
+def save_images(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, path: str | Path) -> None:
+    """``image_arrays`` of (x, y) to an .npz file (keys x, recon, gen, y)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:  # a file handle: np.savez would append .npz to another suffix
+        np.savez(fh, **image_arrays(model, x, y, cfg))
+
+
 # ----------------------------------------------------------------------------- command line
 
 def _int_list(text: str) -> list[int]:
@@ -196,9 +232,9 @@ def _float_list(text: str) -> list[float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of ``pcn probe`` (every output but --out is optional)."""
+    """Flags of ``pcn probe`` (every output is optional; at least one must be given)."""
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="trained run folder (model.pt, config.json)")
-    p.add_argument("--out", required=True, metavar="FILE.csv", help="trace table CSV (step, layer, metric, value)")
+    p.add_argument("--out", metavar="FILE.csv", help="trace table CSV (step, layer, metric, value)")
     p.add_argument("--steps", type=int, metavar="N", help="T_probe, inference steps of the trace (default 10 x training T)")
     p.add_argument("--log-points", type=int, default=30, metavar="N", help="log-spaced trace steps past training T (default 30)")
     p.add_argument("--n-test", type=int, default=1000, metavar="N", help="first N test images probed (default 1000)")
@@ -214,6 +250,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--align-T", type=_int_list, metavar="T,T,...", help="inference lengths of the alignment (default: T, 10T)")
     p.add_argument("--checkpoints", nargs="*", default=[], metavar="FILE.pt", help="extra model.pt/ckpt.pt files for the alignment")
     p.add_argument("--clamp", metavar="DIR", help="folder for the clamping modes (clamp.csv, PNG grids, clamp_images.npz)")
+    p.add_argument("--images", metavar="FILE.npz",
+                   help="write the first --n-images test digits with their reconstruction and generation (x, recon, gen, y)")
+    p.add_argument("--n-images", type=int, default=N_IMAGES, metavar="N", help=f"test digits in --images (default {N_IMAGES})")
     p.add_argument("--data-dir", metavar="DIR", help="override the run's data_dir (folder with the raw IDX files)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads")
@@ -259,6 +298,10 @@ def run(args: argparse.Namespace) -> int:
     from pcn.train import pick_device
 
     log = lambda s: print(f"pcn probe: {s}", file=sys.stderr, flush=True)  # noqa: E731
+    outputs = ("out", "sensitivity", "linear_probes", "alignment", "clamp", "images")
+    if not any(getattr(args, k, None) for k in outputs):
+        log("nothing to write: give --out, --sensitivity, --linear-probes, --alignment, --clamp and/or --images")
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -270,7 +313,8 @@ def run(args: argparse.Namespace) -> int:
     x, y = ds.test.x[:args.n_test].to(dev), ds.test.y[:args.n_test].to(dev)
     T_probe = args.steps or default_probe_steps(cfg["T"])
     log(f"{args.run}: model {cfg['model']}, {len(y)} test images, T_probe {T_probe}")
-    _timed(log, "trace", lambda: trace_table(model, x, y, cfg, T_probe, args.log_points, args.batch), args.out)
+    if args.out:
+        _timed(log, "trace", lambda: trace_table(model, x, y, cfg, T_probe, args.log_points, args.batch), args.out)
     if args.sensitivity:
         _timed(log, "sensitivity", lambda: sensitivity_table(model, x, y, cfg, tuple(args.eta_factors), args.batch),
                args.sensitivity)
@@ -284,4 +328,9 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         clamp.run_clamp(model, cfg, ds.train.x[:args.n_train].to(dev), x, y, args.clamp, T_probe)
         log(f"clamp -> {args.clamp} ({time.perf_counter() - t0:.1f}s)")
+    if args.images:
+        t0 = time.perf_counter()
+        k = min(args.n_images, len(y))
+        save_images(model, x[:k], y[:k], cfg, args.images)
+        log(f"images: {k} test digits -> {args.images} ({time.perf_counter() - t0:.1f}s)")
     return 0

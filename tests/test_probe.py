@@ -225,11 +225,14 @@ def _cli(run, out, *extra):
            "--steps", "20", "--n-test", "100", "--n-train", "300", "--threads", "1",
            "--sensitivity", str(out / "sens.csv"), "--linear-probes", str(out / "lp.csv"),
            "--alignment", str(out / "al.csv"), "--align-T", "2", "--align-batch", "16",
-           "--clamp", str(out / "clamp"), *extra]
+           "--clamp", str(out / "clamp"), "--images", str(out / "images.npz"), "--n-images", "6", *extra]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    return {k: pd.read_csv(out / f) for k, f in
-            dict(trace="trace.csv", sens="sens.csv", lp="lp.csv", al="al.csv", clamp="clamp/clamp.csv").items()}
+    tables = {k: pd.read_csv(out / f) for k, f in
+              dict(trace="trace.csv", sens="sens.csv", lp="lp.csv", al="al.csv", clamp="clamp/clamp.csv").items()}
+    with np.load(out / "images.npz") as z:
+        tables["images"] = {k: z[k] for k in z.files}
+    return tables
 
 
 def test_cli_on_run_dirs(pc_run, ae_run, tmp_path):
@@ -238,7 +241,10 @@ def test_cli_on_run_dirs(pc_run, ae_run, tmp_path):
     assert list(t["sens"].columns) == probe.SENSITIVITY_COLUMNS and len(t["sens"]) > 0
     assert list(t["al"].columns) == alignment.COLUMNS and set(t["al"].source) == {"init", "final"}
     assert set(t["al"].w) == {0.0, 0.5} and set(t["lp"].layer) == {0, 1, 2}
+    assert t["images"]["x"].shape == t["images"]["recon"].shape == t["images"]["gen"].shape == (6, 784)
+    assert np.isfinite(t["images"]["recon"]).all() and not np.array_equal(t["images"]["recon"], t["images"]["gen"])
     a = _cli(ae_run, tmp_path / "ae")
+    np.testing.assert_array_equal(a["images"]["recon"], a["images"]["gen"])  # an ae generates = reconstructs
     assert a["trace"].empty and list(a["trace"].columns) == probe.TRACE_COLUMNS
     assert a["sens"].empty and a["al"].empty
     assert set(a["lp"].layer) == {0, 1, 2} and (a["lp"].step == 0).all()
@@ -256,3 +262,25 @@ def test_cli_on_a_diverged_run_writes_nan_not_errors(diverged_run, tmp_path):
     assert lp.probe_acc.loc[0] > 0.5 and lp.probe_acc.loc[[1, 2]].isna().all()
     c = t["clamp"].set_index(["mode", "label", "metric"]).value
     assert c[("classify", "all", "acc")] == 0.0 and np.isnan(c[("complete", "all", "completion_mse")])
+    assert not np.isfinite(t["images"]["recon"]).all() and np.isfinite(t["images"]["x"]).all()
+
+
+def test_images_match_evaluate(loaded):
+    """recon and gen of --images are what recon_mse and gen_mse of pcn.evaluate measure."""
+    model, cfg, ds = loaded
+    x, y = ds.test.x[:50], ds.test.y[:50]
+    im = probe.image_arrays(model, x, y, cfg)
+    ev = evaluate(model, x, y, cfg, torch.device("cpu"))
+    assert im["y"].tolist() == y.tolist() and im["recon"].dtype == np.float32
+    assert ((im["x"] - im["recon"]) ** 2).mean() == pytest.approx(ev["recon_mse"], rel=1e-4)
+    assert ((im["x"] - im["gen"]) ** 2).mean() == pytest.approx(ev["gen_mse"], rel=1e-4)
+
+
+def test_cli_without_trace_and_without_outputs(pc_run, tmp_path):
+    base = [sys.executable, "-m", "pcn", "probe", "--run", str(pc_run), "--threads", "1"]
+    res = subprocess.run(base + ["--n-test", "20", "--images", str(tmp_path / "i.npz")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "i.npz").exists() and not list(tmp_path.glob("*.csv"))
+    res = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "nothing to write" in res.stderr

@@ -13,7 +13,7 @@ if workflow.basedir not in sys.path:
     sys.path.insert(0, workflow.basedir)
 
 from pcn import config as pcn_config  # noqa: E402
-from pcn.naming import run_dir  # noqa: E402
+from pcn.naming import fmt_value, run_dir  # noqa: E402
 
 RUNS_ROOT = "results/runs"
 
@@ -96,7 +96,6 @@ RUNS = list(FACTORS)
 PCN_RUNS = [r for r in RUNS if FACTORS[r]["model"] == "pcn"]
 DATASETS = sorted({f["dataset"] for f in FACTORS.values()})
 RES = config["resources"]
-logger.info(f"pcn study: {len(RUNS)} training runs ({len(PCN_RUNS)} pcn runs to probe) on {', '.join(DATASETS)}")
 
 
 def run_path(wildcards):
@@ -138,17 +137,70 @@ def data_args(wildcards):
     return " ".join(args)
 
 
-def probe_args():
-    """Options of `pcn probe` set in the workflow config (unset: the CLI's defaults)."""
-    opts = {"--steps": config["probe"].get("steps"), "--n-test": config["probe"].get("n_test")}
-    return " ".join(f"{k} {v}" for k, v in opts.items() if v is not None)
+def probe_args(*keys):
+    """Options of `pcn probe` for the workflow config's `probe` keys `keys` (unset: the CLI's defaults)."""
+    flags = {"steps": "--steps", "n_test": "--n-test", "n_train": "--n-train",
+             "eta_factors": "--eta-factors", "n_images": "--n-images"}
+    args = []
+    for key in keys:
+        value = _typed(config["probe"].get(key))
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        args.append(f"{flags[key]} {value}")
+    return " ".join(args)
+
+
+def _clamp_runs(cfg, factors_of):
+    """pcn runs that get the clamping modes: those whose factors match every list of
+    `probe.clamp` ({factor: [values]}; {} = every pcn run; null = none)."""
+    wanted = (cfg.get("probe") or {}).get("clamp")
+    if wanted is None:
+        return []
+    grid = cfg["grid"]
+    chosen = {}
+    for key, values in wanted.items():
+        if key not in grid:
+            raise StudyConfigError(
+                f"config key 'probe.clamp.{key}': not a factor of the grid ({', '.join(grid)})"
+            )
+        values = _typed(values)
+        values = values if isinstance(values, list) else [values]
+        try:
+            chosen[key] = {fmt_value(v) for v in values}
+        except ValueError as err:
+            raise StudyConfigError(f"config key 'probe.clamp.{key}': {err}")
+    runs = [
+        r
+        for r, f in factors_of.items()
+        if f["model"] == "pcn" and all(fmt_value(f[k]) in vals for k, vals in chosen.items())
+    ]
+    if not runs:
+        logger.warning(f"probe.clamp {wanted} matches no pcn run: no clamping outputs.")
+    return runs
+
+
+CLAMP_RUNS = _clamp_runs(config, FACTORS)
+AE_RUNS = [r for r in RUNS if FACTORS[r]["model"] == "ae"]
+CLAMP_FILES = ["clamp.csv", "clamp_images.npz", "generated.npy", "generated.png", "completion.png"]
+logger.info(
+    f"pcn study: {len(RUNS)} training runs ({len(PCN_RUNS)} pcn runs to probe, "
+    f"{len(CLAMP_RUNS)} of them clamped) on {', '.join(DATASETS)}"
+)
 
 
 def figure_targets():
-    names = ["tradeoff", "ce_weight", "curves"] + (["inference"] if PCN_RUNS else [])
+    names = ["tradeoff", "ce_weight", "curves", "probes", "images"]
+    if PCN_RUNS:
+        names += ["inference", "sensitivity", "alignment"]
     return [f"results/figures/{n}.{ext}" for n in names for ext in ("png", "pdf")]
 
 
 def final_targets():
-    tables = ["results/summary.csv", "results/curves.csv"] + (["results/traces.csv"] if PCN_RUNS else [])
+    tables = ["results/summary.csv", "results/curves.csv", "results/linear_probes.csv", "results/images.npz"]
+    if PCN_RUNS:
+        tables += ["results/traces.csv", "results/sensitivity.csv", "results/alignment.csv"]
+    if CLAMP_RUNS:
+        tables += ["results/clamp.csv"]
     return tables + figure_targets()

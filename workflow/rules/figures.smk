@@ -75,3 +75,86 @@ rule figure_curves:
     shell:
         "pcn figure curves --summary {input.summary:q} --curves {input.curves:q}"
         " --out {output.png:q} > {log:q} 2>&1"
+
+
+rule figure_sensitivity:
+    input:
+        summary="results/summary.csv",
+        sensitivity="results/sensitivity.csv",
+    output:
+        png=report(
+            "results/figures/sensitivity.png",
+            caption="../report/sensitivity.rst",
+            category="Figures",
+            subcategory="Inference dynamics",
+        ),
+        pdf="results/figures/sensitivity.pdf",
+    log:
+        "results/logs/figures/sensitivity.log",
+    localrule: True
+    shell:
+        "pcn figure sensitivity --summary {input.summary:q} --sensitivity {input.sensitivity:q}"
+        " --out {output.png:q} > {log:q} 2>&1"
+
+
+rule figure_probes:
+    input:
+        summary="results/summary.csv",
+        linear_probes="results/linear_probes.csv",
+    output:
+        png=report(
+            "results/figures/probes.png",
+            caption="../report/probes.rst",
+            category="Figures",
+            subcategory="Representations",
+        ),
+        pdf="results/figures/probes.pdf",
+    log:
+        "results/logs/figures/probes.log",
+    localrule: True
+    shell:
+        "pcn figure probes --summary {input.summary:q} --linear-probes {input.linear_probes:q}"
+        " --out {output.png:q} > {log:q} 2>&1"
+
+
+rule figure_images:
+    input:
+        summary="results/summary.csv",
+        images="results/images.npz",
+        clamp=["results/clamp.csv"] if CLAMP_RUNS else [],
+    output:
+        png=report(
+            "results/figures/images.png",
+            caption="../report/images.rst",
+            category="Figures",
+            subcategory="Representations",
+        ),
+        pdf="results/figures/images.pdf",
+    params:
+        clamp="--clamp results/clamp.csv" if CLAMP_RUNS else "",
+    log:
+        "results/logs/figures/images.log",
+    localrule: True
+    shell:
+        "pcn figure images --summary {input.summary:q} --images {input.images:q} {params.clamp}"
+        " --out {output.png:q} > {log:q} 2>&1"
+
+
+rule figure_alignment:
+    input:
+        summary="results/summary.csv",
+        alignment="results/alignment.csv",
+    output:
+        png=report(
+            "results/figures/alignment.png",
+            caption="../report/alignment.rst",
+            category="Figures",
+            subcategory="Training",
+        ),
+        pdf="results/figures/alignment.pdf",
+    log:
+        "results/logs/figures/alignment.log",
+    localrule: True
+    shell:
+        "pcn figure alignment --summary {input.summary:q} --alignment {input.alignment:q}"
+        " --out {output.png:q} > {log:q} 2>&1"

@@ -1,5 +1,12 @@
-# Inference-dynamics probe of every trained pcn run (ae runs have no inference):
-# per step and layer, energy, errors, update norms, accuracy, recon/gen MSE.
+# Probing of every trained run (docs/probing.md); sizes from the config's `probe` section.
+#
+#   probe     every pcn run: inference trace (per step and layer), test-time T x eta
+#             sensitivity, per-layer linear probes, and a few test digits with their
+#             reconstruction and top-down generation (images.npz)
+#   probe_ae  every ae run: linear probes of its encoder layers and its reconstructions
+#             (an ae has no inference, hence no trace or sensitivity)
+#   clamp     the pcn runs chosen by `probe.clamp`: classify, label -> image generation and
+#             occluded-image completion (clamp/)
 
 
 rule probe:
@@ -7,12 +14,15 @@ rule probe:
         final=f"{RUNS_ROOT}/{{run}}/final.json",
         model=f"{RUNS_ROOT}/{{run}}/model.pt",
     output:
-        f"{RUNS_ROOT}/{{run}}/trace.csv",
+        trace=f"{RUNS_ROOT}/{{run}}/trace.csv",
+        sensitivity=f"{RUNS_ROOT}/{{run}}/sensitivity.csv",
+        linear_probes=f"{RUNS_ROOT}/{{run}}/linear_probes.csv",
+        images=f"{RUNS_ROOT}/{{run}}/images.npz",
     wildcard_constraints:
         run=r"dataset~[^/]+/model~pcn/.+",
     params:
         run=run_path,
-        args=probe_args(),
+        args=probe_args("steps", "n_test", "n_train", "eta_factors", "n_images"),
         device=config["device"],
     log:
         "results/logs/probe/{run}.log",
@@ -24,5 +34,60 @@ rule probe:
         runtime=lambda wildcards, attempt: RES["probe"]["runtime"] * attempt,
         gpu=RES["probe"]["gpu"],
     shell:
-        "pcn probe --run {params.run:q} --out {output:q} {params.args}"
+        "pcn probe --run {params.run:q} --out {output.trace:q} --sensitivity {output.sensitivity:q}"
+        " --linear-probes {output.linear_probes:q} --images {output.images:q} {params.args}"
+        " --device {params.device} --threads {threads} > {log:q} 2>&1"
+
+
+rule probe_ae:
+    input:
+        final=f"{RUNS_ROOT}/{{run}}/final.json",
+        model=f"{RUNS_ROOT}/{{run}}/model.pt",
+    output:
+        linear_probes=f"{RUNS_ROOT}/{{run}}/linear_probes.csv",
+        images=f"{RUNS_ROOT}/{{run}}/images.npz",
+    wildcard_constraints:
+        run=r"dataset~[^/]+/model~ae/.+",
+    params:
+        run=run_path,
+        args=probe_args("n_test", "n_train", "n_images"),
+        device=config["device"],
+    log:
+        "results/logs/probe_ae/{run}.log",
+    benchmark:
+        "results/benchmarks/probe_ae/{run}.tsv"
+    threads: RES["probe"]["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: RES["probe"]["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: RES["probe"]["runtime"] * attempt,
+        gpu=RES["probe"]["gpu"],
+    shell:
+        "pcn probe --run {params.run:q} --linear-probes {output.linear_probes:q} --images {output.images:q}"
+        " {params.args} --device {params.device} --threads {threads} > {log:q} 2>&1"
+
+
+rule clamp:
+    input:
+        final=f"{RUNS_ROOT}/{{run}}/final.json",
+        model=f"{RUNS_ROOT}/{{run}}/model.pt",
+    output:
+        [f"{RUNS_ROOT}/{{run}}/clamp/{name}" for name in CLAMP_FILES],
+    wildcard_constraints:
+        run=r"dataset~[^/]+/model~pcn/.+",
+    params:
+        run=run_path,
+        out=lambda wildcards: f"{RUNS_ROOT}/{wildcards.run}/clamp",
+        args=probe_args("steps", "n_test", "n_train"),
+        device=config["device"],
+    log:
+        "results/logs/clamp/{run}.log",
+    benchmark:
+        "results/benchmarks/clamp/{run}.tsv"
+    threads: RES["probe"]["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: RES["probe"]["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: RES["probe"]["runtime"] * attempt,
+        gpu=RES["probe"]["gpu"],
+    shell:
+        "pcn probe --run {params.run:q} --clamp {params.out:q} {params.args}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"

@@ -1,7 +1,8 @@
 # One training run per grid point.  The run's settings (workflow `train` base
 # overrides + its grid factors + data folder) go to a small YAML file; the
 # `pcn` CLI fills every other key from pcn/train_schema.yaml and writes the
-# fully resolved config to the run folder (config.json).
+# fully resolved config to the run folder (config.json).  alignment.csv is the
+# PC-vs-BP gradient cosine per layer, logged every epoch (empty for ae runs).
 
 
 rule run_config:
@@ -25,6 +26,7 @@ rule train:
         metrics=f"{RUNS_ROOT}/{{run}}/metrics.csv",
         config=f"{RUNS_ROOT}/{{run}}/config.json",
         model=f"{RUNS_ROOT}/{{run}}/model.pt",
+        alignment=f"{RUNS_ROOT}/{{run}}/alignment.csv",
     params:
         out=run_path,
         ckpt=lambda wildcards: f"results/checkpoints/{wildcards.run}",

@@ -1,0 +1,257 @@
+"""Probe tables and figures from fake run folders: `pcn aggregate` of the probe outputs
+(sensitivity, linear probes, training-time alignment, clamping, images) and every figure of
+`pcn figure`, drawn from small fixture tables (no training, a few seconds)."""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pcn import aggregate as agg
+from pcn import figures
+from pcn.config import resolve
+from pcn.naming import run_dir
+
+D = 784  # 28 x 28 images
+WEIGHTS = (0.0, 0.5, 1.0)
+T_TRAIN = 5
+
+
+def _write_run(d: Path, model: str, w: float, seed: int, diverged: bool, clamped: bool, rng) -> None:
+    """One fake finished run with every file the workflow's probe rules write."""
+    factors = dict(dataset="mnist", model=model, rule=factors_rule(d), ce_weight=w, seed=seed)
+    cfg = resolve({"epochs": 2, "T": T_TRAIN, "layers": [784, 32, 8]}, factors)
+    acc, mse = 0.5 + 0.4 * w + 0.01 * seed, 0.1 + 0.1 * w
+    final = dict(cfg, test_acc=acc, val_acc=acc, train_acc=acc, recon_mse=float("nan") if diverged else mse,
+                 gen_mse=2 * mse, energy=5.0, wall_s=1.0, epochs_done=2, diverged=diverged,
+                 diverged_epoch=2 if diverged else None, diverged_batch=3 if diverged else None)
+    (d / "final.json").write_text(json.dumps(final))
+    pd.DataFrame(dict(epoch=[1, 2], train_loss=[1, .5], train_energy=[1, .5], train_ce=[1, .5], train_acc=[.5, acc],
+                      val_acc=[.5, acc], test_acc=[.5, acc], recon_mse=[.2, mse], gen_mse=[.3, .2], energy=[2, 1],
+                      seconds=[1, 1], diverged=[False, diverged])).to_csv(d / "metrics.csv", index=False)
+    layers = ["0", "1", "2"]
+    lp = [(T_TRAIN if model == "pcn" else 0, lay, m, np.nan if (diverged and lay != "0") else v)
+          for lay in layers for m, v in (("probe_acc", 0.9 - 0.1 * int(lay) + 0.05 * w),
+                                         ("ridge_mse", 0.01 + 0.05 * int(lay) + 0.02 * w),
+                                         ("ridge_r2", 0.9 - 0.2 * int(lay)), ("dim", [784, 32, 8][int(lay)]))]
+    pd.DataFrame(lp, columns=["step", "layer", "metric", "value"]).to_csv(d / "linear_probes.csv", index=False)
+    x = rng.uniform(-1, 1, (8, D)).astype(np.float32)
+    recon = np.full_like(x, np.nan) if diverged else np.clip(x + 0.3 * rng.standard_normal(x.shape), -1, 1)
+    with open(d / "images.npz", "wb") as fh:
+        np.savez(fh, x=x, recon=recon, gen=recon if model == "ae" else 0.5 * recon, y=np.arange(8))
+    if model == "ae":
+        # training writes a header-only alignment.csv for an ae (no inference, nothing to compare)
+        pd.DataFrame(columns=["epoch", "layer", "metric", "value"]).to_csv(d / "alignment.csv", index=False)
+        return
+    trace = [(s, "all", m, v) for s in range(0, 4 * T_TRAIN + 1)
+             for m, v in (("energy", 10 / (s + 1)), ("acc", min(0.9, 0.1 + s / 10)))]
+    trace.append((4 * T_TRAIN, "all", "first_nonfinite_step", np.nan))
+    pd.DataFrame(trace, columns=["step", "layer", "metric", "value"]).to_csv(d / "trace.csv", index=False)
+    sens = []
+    for k, t in itertools.product((0.5, 1.0, 2.0), (0, 1, 2, T_TRAIN, 2 * T_TRAIN, 10 * T_TRAIN)):
+        blown = diverged or (k == 2.0 and t >= 2 * T_TRAIN)
+        sens += [(k, 0.02 * k, t, "acc", 0.1 if blown else 0.5 + 0.01 * t),
+                 (k, 0.02 * k, t, "recon_mse", np.inf if blown else 0.3 / (1 + t)),
+                 (k, 0.02 * k, t, "nonfinite", 1.0 if blown else 0.0)]
+    pd.DataFrame(sens, columns=["eta_factor", "eta", "T", "metric", "value"]).to_csv(d / "sensitivity.csv", index=False)
+    al = []
+    for epoch in range(2 if diverged else 3):
+        zero = w == 1.0  # no energy term: the pc update of the generative weights is 0
+        for lay in ("0", "1"):
+            al += [(epoch, lay, "cos_W", np.nan if zero else 0.7 + 0.1 * epoch),
+                   (epoch, lay, "cos_b", np.nan if zero else 0.8), (epoch, lay, "norm_ratio_W", 0.0 if zero else 1.0)]
+        al.append((epoch, "all", "cos", np.nan if zero else 0.75 + 0.1 * epoch))
+    pd.DataFrame(al, columns=["epoch", "layer", "metric", "value"]).to_csv(d / "alignment.csv", index=False)
+    if clamped:
+        c = d / "clamp"
+        c.mkdir()
+        rows = [("classify", "all", "acc", acc), ("generate", "all", "self_acc", 0.6),
+                ("generate", "all", "p_class", 0.8), ("complete", "all", "completion_mse", 0.12),
+                ("complete", "all", "mean_image_mse", 0.25)]
+        pd.DataFrame(rows, columns=["mode", "label", "metric", "value"]).to_csv(c / "clamp.csv", index=False)
+        np.save(c / "generated.npy", rng.uniform(-1, 1, (10, D)).astype(np.float32))
+        occluded = x.copy()
+        occluded[:, D // 2:] = np.nan
+        np.savez(c / "clamp_images.npz", original=x, occluded=occluded, completed=x, visible=np.arange(D) < D // 2,
+                 labels=np.arange(8))
+
+
+def factors_rule(d: Path) -> str:
+    return d.as_posix().split("/rule~", 1)[1].split("/", 1)[0]
+
+
+def make_runs(root: Path) -> tuple[list[str], list[str]]:
+    """Fake runs: pcn pc / bp and ae x 3 CE weights x 2 seeds; pcn pc w=0.5 seed 1 diverged;
+    seed 0 of every pcn run clamped.  Returns (all runs, clamped runs)."""
+    rng = np.random.default_rng(0)
+    runs, clamped = [], []
+    for model, rule, w, seed in itertools.product(("pcn", "ae"), ("pc", "bp"), WEIGHTS, (0, 1)):
+        if model == "ae" and rule == "pc":
+            continue
+        d = root / "results" / "runs" / run_dir(dict(dataset="mnist", model=model, rule=rule, ce_weight=w, seed=seed))
+        d.mkdir(parents=True)
+        is_clamped = model == "pcn" and seed == 0
+        _write_run(d, model, w, seed, diverged=(model, rule, w, seed) == ("pcn", "pc", 0.5, 1), clamped=is_clamped,
+                   rng=rng)
+        runs.append(str(d))
+        if is_clamped:
+            clamped.append(str(d))
+    return runs, clamped
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    runs, clamped = make_runs(root)
+    pcn_runs = [r for r in runs if "model~pcn" in r]
+    summary = agg.aggregate(runs)
+    tables = {
+        "summary": summary,
+        "curves": agg.curves(runs, summary),
+        "traces": agg.traces(pcn_runs),
+        "sensitivity": agg.sensitivity(pcn_runs),
+        "linear_probes": agg.linear_probes(runs, summary),
+        "alignment": agg.alignment(pcn_runs),
+        "clamp": agg.clamp(clamped),
+        "images": agg.images(runs, clamped),
+    }
+    return dict(root=root, runs=runs, clamped=clamped, pcn_runs=pcn_runs, tables=tables)
+
+
+# --------------------------------------------------------------------------- aggregation
+FACTORS = ["run", "dataset", "model", "rule", "ce_weight", "seed", "T"]
+
+
+def test_aggregate_sensitivity_renames_test_time_columns(fake):
+    s = fake["tables"]["sensitivity"]
+    assert list(s.columns) == FACTORS + ["eta_factor", "test_eta", "test_T", "metric", "value"]
+    assert s["run"].nunique() == len(fake["pcn_runs"]) == 12
+    assert set(s["T"]) == {T_TRAIN} and set(s["test_T"]) == {0, 1, 2, 5, 10, 50}
+
+
+def test_aggregate_linear_probes_has_pcn_and_ae_runs(fake):
+    lp = fake["tables"]["linear_probes"]
+    assert list(lp.columns) == FACTORS + ["step", "layer", "metric", "value"]
+    assert lp["run"].nunique() == len(fake["runs"]) == 18
+    assert set(lp.loc[lp.model == "ae", "step"]) == {0} and set(lp.loc[lp.model == "pcn", "step"]) == {T_TRAIN}
+
+
+def test_aggregate_alignment_skips_empty_ae_tables(fake):
+    al = fake["tables"]["alignment"]
+    assert list(al.columns) == FACTORS + ["epoch", "layer", "metric", "value"]
+    assert set(al.model) == {"pcn"} and al["run"].nunique() == 12
+    assert agg.alignment([r for r in fake["runs"] if "model~ae" in r]).empty
+
+
+def test_aggregate_clamp_of_clamped_runs(fake):
+    c = fake["tables"]["clamp"]
+    assert list(c.columns) == FACTORS + ["mode", "label", "metric", "value"]
+    assert set(c["run"]) == set(fake["clamped"]) and set(c.seed) == {0}
+    assert agg.clamp(fake["runs"])["run"].nunique() == 6  # only runs with clamp outputs
+
+
+def test_aggregate_images_long_table(fake):
+    im = fake["tables"]["images"]
+    n_runs, n_clamped = len(fake["runs"]), len(fake["clamped"])
+    assert set(im) == {"run", "kind", "pos", "label", "pixels"}
+    assert im["pixels"].shape == (n_runs * 3 * 8 + n_clamped * (10 + 3 * 8), D)
+    counts = pd.Series(im["kind"]).value_counts()
+    assert counts["x"] == counts["recon"] == counts["gen"] == 8 * n_runs
+    assert counts["generated"] == 10 * n_clamped and counts["completed"] == 8 * n_clamped
+    gen = im["label"][im["kind"] == "generated"]
+    assert list(gen[:10]) == list(range(10))
+    # clamp images only of the runs named, when a list is given
+    assert "generated" not in set(agg.images(fake["runs"], clamp_runs=[])["kind"])
+
+
+def test_aggregate_cli_writes_probe_tables(fake, tmp_path):
+    from pcn.cli import main
+
+    outs = {k: tmp_path / f"{k}.csv" for k in ("sensitivity", "linear-probes", "alignment", "clamp")}
+    args = ["aggregate", "--runs", *fake["runs"], *itertools.chain(*[(f"--{k}-out", str(v)) for k, v in outs.items()]),
+            "--images-out", str(tmp_path / "images.npz"), "--clamp-runs", *fake["clamped"]]
+    assert main(args) == 0
+    assert len(pd.read_csv(outs["linear-probes"])) == len(fake["tables"]["linear_probes"])
+    assert pd.read_csv(outs["sensitivity"])["run"].nunique() == 12
+    assert pd.read_csv(outs["clamp"])["run"].nunique() == 6
+    im = agg.read_images(tmp_path / "images.npz")
+    np.testing.assert_array_equal(im["pixels"], fake["tables"]["images"]["pixels"])
+    assert im["run"].dtype.kind == "U"  # no pickled objects
+
+
+def test_attach_refuses_clashing_columns(tmp_path):
+    runs, _ = make_runs(tmp_path)
+    run = next(r for r in runs if "model~pcn" in r)
+    pd.DataFrame({"T": [1], "value": [0.0]}).to_csv(Path(run) / "trace.csv", index=False)
+    with pytest.raises(ValueError, match="clash"):
+        agg.traces([run])
+
+
+# --------------------------------------------------------------------------- figures
+@pytest.mark.parametrize("name", sorted(figures.FIGURES))
+def test_every_figure_from_fixture_tables(fake, tmp_path, name):
+    t0 = time.time()
+    png, pdf = figures.draw(name, fake["tables"], tmp_path / f"{name}.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
+    assert png.stat().st_size > 10_000 and pdf.stat().st_size > 5_000
+    assert time.time() - t0 < 15
+
+
+def _axes_texts(fig) -> str:
+    out = []
+    for ax in fig.get_axes():
+        out += [ax.get_title(), ax.get_xlabel()] + [t.get_text() for t in ax.texts]
+    return "\n".join(out)
+
+
+def test_probe_figures_mark_diverged_runs(fake):
+    t = fake["tables"]
+    for fig in (figures.probes(t["linear_probes"], t["summary"]), figures.sensitivity(t["sensitivity"], t["summary"]),
+                figures.alignment(t["alignment"], t["summary"])):
+        assert "1 diverged run (x)" in _axes_texts(fig)  # pcn pc w=0.5 seed 1
+        figures.plt.close(fig)
+    fig = figures.images(t["images"], t["summary"], t["clamp"])
+    assert "self-classified 60%" in _axes_texts(fig) and "MSE 0.120 (mean img 0.250)" in _axes_texts(fig)
+    figures.plt.close(fig)
+
+
+def test_sensitivity_rings_nonfinite_inference_and_alignment_notes_zero_update(fake):
+    t = fake["tables"]
+    fig = figures.sensitivity(t["sensitivity"], t["summary"])
+    rings = [c for ax in fig.get_axes() for c in ax.collections if c.get_label() == "non-finite inference"]
+    assert rings  # eta x 2 at long T went non-finite in the fixture
+    figures.plt.close(fig)
+    fig = figures.alignment(t["alignment"], t["summary"])
+    assert "no cosine at w=1" in _axes_texts(fig)
+    figures.plt.close(fig)
+
+
+def test_images_figure_without_clamp_outputs_and_all_diverged(fake, tmp_path):
+    t = fake["tables"]
+    no_clamp = agg.images(fake["runs"], clamp_runs=[])
+    summary = t["summary"].assign(diverged=True)
+    png, _ = figures.draw("images", {"images": no_clamp, "summary": summary}, tmp_path / "i.png")
+    assert png.stat().st_size > 10_000
+    png, _ = figures.draw("images", {"images": no_clamp}, tmp_path / "j.png")  # factors from the run folders
+    assert png.stat().st_size > 10_000
+
+
+def test_figure_cli_redraws_probe_figures_from_files(fake, tmp_path):
+    from pcn.cli import main
+
+    t = fake["tables"]
+    for k in ("summary", "linear_probes", "clamp"):
+        t[k].to_csv(tmp_path / f"{k}.csv", index=False)
+    with open(tmp_path / "images.npz", "wb") as fh:
+        np.savez(fh, **t["images"])
+    out = tmp_path / "figs" / "images.png"
+    assert main(["figure", "images", "--summary", str(tmp_path / "summary.csv"), "--images",
+                 str(tmp_path / "images.npz"), "--clamp", str(tmp_path / "clamp.csv"), "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000 and out.with_suffix(".pdf").exists()
+    with pytest.raises(SystemExit, match="--linear-probes"):
+        main(["figure", "probes", "--summary", str(tmp_path / "summary.csv"), "--out", str(tmp_path / "p.png")])
