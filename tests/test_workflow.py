@@ -359,3 +359,28 @@ def test_end_to_end_test_config(tmp_path):
     html = (results / "report.html").read_text(errors="replace")
     for name in ("tradeoff.png", "ce_weight.png", "inference.png", "curves.png", "summary.csv"):
         assert name in html, name
+
+
+def test_diverged_run_does_not_stop_the_dag(tmp_path):
+    """A run that diverges (eta far too large) still yields its outputs, marked diverged; the
+    other run, its probes, the tables, the figures and the report all come out."""
+    cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    cfg["train"].update(activation="linear", init="zeros", T=30, epochs=1)
+    cfg["grid"] = {"dataset": ["mnist"], "model": ["pcn"], "rule": ["pc"], "ce_weight": [0.5],
+                   "seed": [0], "eta": [0.02, 5.0]}
+    cfg["probe"]["clamp"] = {"eta": [5.0]}
+    f = tmp_path / "div.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    common = ["--configfile", str(f), "--config", f"data_dir={DATA_TEMPLATE}"]
+    res = snakemake("--cores", "2", *common, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stdout[-5000:]
+    s = pd.read_csv(tmp_path / "results" / "summary.csv").set_index("eta")
+    assert bool(s.loc[5.0, "diverged"]) and not bool(s.loc[0.02, "diverged"])
+    assert s.loc[5.0, "diverged_epoch"] == 1
+    assert math.isfinite(s.loc[0.02, "recon_mse"])
+    t = pd.read_csv(tmp_path / "results" / "traces.csv")
+    assert t.run.nunique() == 2
+    for name in figures.FIGURES:
+        assert (tmp_path / "results" / "figures" / f"{name}.png").stat().st_size > 10_000, name
+    rep = snakemake("--report", "results/report.html", *common, cwd=tmp_path, timeout=120)
+    assert rep.returncode == 0, rep.stdout[-3000:]
