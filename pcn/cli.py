@@ -29,12 +29,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"pcn train: bad config: {e}", file=sys.stderr)
         return 2
     _threads(args.threads)
-    import torch
-
-    cuda = torch.cuda.is_available()
-    device = "cuda" if args.device == "cuda" or (args.device == "auto" and cuda) else "cpu"
+    try:
+        device = train.pick_device(args.device)
+    except RuntimeError as e:
+        print(f"pcn train: {e}", file=sys.stderr)
+        return 1
     # What the job was given (e.g. a SLURM GPU allocation) next to what torch uses.
-    print(f"pcn train: device {device} (cuda available: {cuda}, "
+    print(f"pcn train: device {device.type} (cuda available: {train.torch.cuda.is_available()}, "
           f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})", file=sys.stderr, flush=True)
     try:
         final = train.train(cfg, args.out, args.ckpt_dir, args.device)
