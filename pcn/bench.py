@@ -309,7 +309,8 @@ def run_cases(cases: list[Case], reps: int, warmup: int, device: torch.device, l
     _sync(device)
     for r in range(reps):                   # round-robin: background load hits every case alike
         for c in cases:
-            _sync(device)
+            c.step()                        # untimed: the case's caches and allocator warm again,
+            _sync(device)                   # as in training, where one model runs batch after batch
             t0 = time.perf_counter()
             for _ in range(c.per_rep):
                 c.step()

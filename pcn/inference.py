@@ -119,7 +119,7 @@ def infer_state(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta
                 return _run_compiled(fn, model, x, z0, T, eta, y, w, momentum)
             except Exception as e:  # noqa: BLE001 - any compiler failure: fall back to eager
                 _disable_compile(e)
-    return _forward_loop(model, x, z0, T, eta, y, w, momentum, callback)[0]
+    return _stacked_loop(model, x, z0, T, eta, y, w, momentum, callback)
 
 
 def _onehot_t(model: PCN, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -296,6 +296,118 @@ def _forward_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, e
     if gram:
         predict(0)
     return State(z, eps, fz), rec
+
+
+# ---- the no-grad loop: all layers stacked in one transposed buffer ---------------------------
+
+@torch.no_grad()
+def _stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float,
+                  y: Optional[torch.Tensor], w: float, momentum: float,
+                  callback: Optional[StepCallback], gram: Optional[bool] = None) -> State:
+    """The inference loop without autograd (``pc``, evaluation, probing).
+
+    Every latent layer is a block of rows of one (D x B) buffer, D = d_1 + ... + d_L (the
+    transpose of the usual (B x d) layout, so each layer, and every run of layers, is
+    contiguous).  Each step is then one kernel over all layers for every elementwise pass, and
+    each product writes straight into its block:
+
+        EPS_l = Z_l - (W_l F_{l+1} + b_l)   (l < L;  EPS_L = Z_L - b_L with a prior, else 0),
+        BACK_l = W_{l-1}^T EPS_{l-1}         (l > 1;  BACK_1 from the clamped data below),
+        Z <- Z - eta [s (EPS - f'(Z) * BACK) + w C^T (softmax(C Z_L + c) - onehot(y))],
+
+    with F = f(Z), s = 1 - w (the last term only in the rows of z_L, and with a label).  With
+    momentum the bracket goes through v <- m v + [...] first.  Layer 0 stays (B x d_0):
+    BACK_1 = W_0^T (x - b_0)^T - G F_1 under the Gram form (``use_gram``), else
+    (eps_0 W_0)^T with eps_0 = x - F_1^T W_0^T - b_0 formed every step.
+    Returns (B x d) views of the buffers.
+    """
+    L, dims, B = model.L, model.layers, x.shape[0]
+    off = [0]
+    for d in dims[1:]:
+        off.append(off[-1] + d)
+    D, top = off[-1], slice(off[L - 1], off[L])
+    W, b, prior = list(model.W), list(model.b), model.prior_mean
+    nudge = y is not None and w > 0.0
+    s = 1.0 - w if nudge else 1.0
+    gram = use_gram(model, B, T) if gram is None else gram
+    slow = momentum > 0                                 # the update goes through a gradient buffer
+
+    buf = x.new_empty(4 + slow + (momentum > 0), D, B)
+    Z, FZ, EPS, BACK = buf[0], buf[1], buf[2], buf[3]
+    GR = buf[4] if slow else None
+    V = buf[5].zero_() if momentum > 0 else None
+    rows = [slice(off[k], off[k + 1]) for k in range(L)]
+    Zl, Fl, El, Bl = ([S[r] for r in rows] for S in (Z, FZ, EPS, BACK))
+    for zk, z0k in zip(Zl, z0):
+        zk.copy_(z0k.t())
+    bcol = [bl.unsqueeze(1) for bl in b]
+    n_err = D if prior is not None else off[L - 1]      # rows that EPS = Z - MU covers
+    if prior is None:
+        El[-1].zero_()                                  # no energy term above z_L
+    onehot = _onehot_t(model, y, x.dtype) if nudge else None
+    ccol = model.c.unsqueeze(1)
+    E0 = x.new_empty(B, dims[0])                        # eps_0, (B x d_0)
+    if gram:
+        c0 = torch.mm(W[0].t(), (x - b[0]).t())         # W_0^T (x - b_0)^T, (d_1 x B)
+        G = W[0].t() @ W[0]                             # W_0^T W_0 (symmetric)
+
+    def errors(data: bool) -> None:
+        """EPS (and eps_0 if ``data``) from F = f(Z)."""
+        for k in range(L - 1):
+            torch.addmm(bcol[k + 1], W[k + 1], Fl[k + 1], out=El[k])
+        if prior is not None:
+            El[-1].copy_(prior.unsqueeze(1).expand_as(El[-1]))
+        torch.sub(Z[:n_err], EPS[:n_err], out=EPS[:n_err])
+        if data:
+            torch.sub(x, torch.addmm(b[0], Fl[0].t(), W[0].t()), out=E0)
+
+    def state(copy: bool) -> tuple[list, list, list]:
+        """(B x d) views of z, eps, f(z) (contiguous copies if ``copy``)."""
+        z, fz = [S.t() for S in Zl], [S.t() for S in Fl]
+        eps = [E0] + [S.t() for S in El[:L - 1 + (prior is not None)]]
+        if copy:
+            z, eps, fz = ([v.clone(memory_format=torch.contiguous_format) for v in g] for g in (z, eps, fz))
+        return z, eps, fz
+
+    act(model, Z, out=FZ)
+    errors(not gram or callback is not None)
+    if callback is not None:
+        z_, e_, _ = state(True)
+        callback(0, z_, e_, None)
+    for t in range(1, T + 1):
+        if gram:
+            torch.addmm(c0, G, Fl[0], alpha=-1.0, out=Bl[0])
+        else:
+            torch.mm(W[0].t(), E0.t(), out=Bl[0])
+        for k in range(1, L):
+            torch.mm(W[k].t(), El[k - 1], out=Bl[k])
+        df_times(model, Z, FZ, BACK, out=BACK)          # f'(Z) * BACK
+        if callback is not None:
+            z_prev = [zk.t().clone() for zk in Zl]
+        if nudge:
+            P = torch.softmax(torch.addmm(ccol, model.C, Zl[-1]), dim=0).sub_(onehot)
+        if not slow:
+            Z.add_(EPS, alpha=-eta * s).add_(BACK, alpha=eta * s)
+            if nudge:
+                Zl[-1].addmm_(model.C.t(), P, alpha=-eta * w)
+        else:
+            step = torch.sub(EPS, BACK, out=GR)
+            if s != 1.0:
+                step.mul_(s)
+            if nudge:
+                step[top].addmm_(model.C.t(), P, alpha=w)
+            if V is not None:
+                step = V.mul_(momentum).add_(step)
+            Z.add_(step, alpha=-eta)
+        act(model, Z, out=FZ)
+        errors(not gram or callback is not None)
+        if callback is not None:
+            z_, e_, _ = state(True)
+            callback(t, z_, e_, [zn - zp for zn, zp in zip(z_, z_prev)])
+    if gram and callback is None:
+        errors(True)
+    z, eps, fz = state(False)
+    return State(z, eps, fz)
 
 
 # ---- bp: the unrolled inference with a hand-written adjoint ----------------------------------

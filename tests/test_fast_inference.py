@@ -126,7 +126,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 @pytest.mark.parametrize("prior", [False, True])
 def test_adjoint_forward_is_bitwise_the_traced_loop(act, momentum, prior):
     """Under grad mode a callback selects the autograd loop; without one the adjoint runs.
-    Both produce the very same latents (as the no-grad loop does)."""
+    Both produce the very same latents; the no-grad (stacked) loop agrees to rounding."""
     model, x, _ = _setup(act, prior=prior, B=6)
     z0 = init_latents(model, x, "amortised")
     a, _ = infer(model, x, z0, 7, 0.1, momentum=momentum)
@@ -135,7 +135,8 @@ def test_adjoint_forward_is_bitwise_the_traced_loop(act, momentum, prior):
         c, _ = infer(model, x, z0, 7, 0.1, momentum=momentum)
     assert a[0].grad_fn is not None and b[0].grad_fn is not None
     for u, v, w in zip(a, b, c):
-        assert torch.equal(u, v) and torch.equal(u, w)
+        assert torch.equal(u, v)
+        torch.testing.assert_close(w, u.detach(), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.skipif(not os.environ.get("PCN_TEST_COMPILE"),
