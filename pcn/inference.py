@@ -119,7 +119,7 @@ def infer_state(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta
                 return _run_compiled(fn, model, x, z0, T, eta, y, w, momentum)
             except Exception as e:  # noqa: BLE001 - any compiler failure: fall back to eager
                 _disable_compile(e)
-    return _stacked_loop(model, x, z0, T, eta, y, w, momentum, callback)
+    return _stacked_loop(model, x, z0, T, eta, y, w, momentum, callback)[0]
 
 
 def _onehot_t(model: PCN, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -136,278 +136,214 @@ def _nudge_grad(model: PCN, zL: torch.Tensor, onehot_t: torch.Tensor, w: float) 
     return ((p_t - onehot_t) * w).t() @ model.C
 
 
+# ---- the stacked layout ----------------------------------------------------------------------
+#
+# The loops below keep every latent layer as a block of rows of one (D x B) buffer per quantity,
+# D = d_1 + ... + d_L: the transpose of the usual (B x d) layout, so each layer, and every run of
+# layers, is contiguous.  Every elementwise pass is then one kernel over all layers, and every
+# product writes straight into its block.  Layer 0 (the clamped data) stays (B x d_0).
+
+class _Layout(NamedTuple):
+    rows: list    # rows[k]: the rows of latent layer k + 1 (z[k] in the list layout)
+    D: int
+    top: slice    # rows of z_L
+    n_err: int    # EPS = Z - MU covers rows [0, n_err): all with a prior, else all but z_L's
+
+
+def _layout(model: PCN) -> _Layout:
+    off = [0]
+    for d in model.layers[1:]:
+        off.append(off[-1] + d)
+    rows = [slice(off[k], off[k + 1]) for k in range(model.L)]
+    return _Layout(rows, off[-1], rows[-1], off[-1] if model.prior_mean is not None else off[-2])
+
+
+def _errors(model: PCN, lay: _Layout, W: list, b: list, Z: torch.Tensor, FZ: torch.Tensor,
+            EPS: torch.Tensor) -> None:
+    """EPS_k = Z_k - (W_{k+1} F_{k+1} + b_{k+1}) in the rows of z[k], k < L - 1, and
+    EPS_top = Z_top - b_L with a prior (without one the top rows are left alone: zero)."""
+    rows = lay.rows
+    for k in range(model.L - 1):
+        torch.addmm(b[k + 1].unsqueeze(1), W[k + 1], FZ[rows[k + 1]], out=EPS[rows[k]])
+    if model.prior_mean is not None:
+        EPS[lay.top].copy_(b[model.L].unsqueeze(1).expand_as(EPS[lay.top]))
+    n = lay.n_err
+    torch.sub(Z[:n], EPS[:n], out=EPS[:n])
+
+
+def _data_error(x: torch.Tensor, W0: torch.Tensor, b0: torch.Tensor, F1: torch.Tensor,
+                out: torch.Tensor) -> torch.Tensor:
+    """eps_0 = x - (F_1^T W_0^T + b_0), (B x d_0)."""
+    return torch.sub(x, torch.addmm(b0, F1.t(), W0.t()), out=out)
+
+
+def _back(model: PCN, lay: _Layout, W: list, FZ: torch.Tensor, EPS: torch.Tensor,
+          E0: Optional[torch.Tensor], gram: Optional[tuple], BACK: torch.Tensor) -> None:
+    """BACK_{k+1} = W_k^T EPS_k (the rows of z[k] receive layer k's error): layer 0 from
+    eps_0 (B x d_0), or under the Gram form ``gram`` = (c0, G): BACK_1 = c0 - G F_1 with
+    c0 = W_0^T (x - b_0)^T and G = W_0^T W_0."""
+    rows = lay.rows
+    if gram is not None:
+        torch.addmm(gram[0], gram[1], FZ[rows[0]], alpha=-1.0, out=BACK[rows[0]])
+    else:
+        torch.mm(W[0].t(), E0.t(), out=BACK[rows[0]])
+    for k in range(1, model.L):
+        torch.mm(W[k].t(), EPS[rows[k - 1]], out=BACK[rows[k]])
+
+
+def _gram_terms(x: torch.Tensor, W0: torch.Tensor, b0: torch.Tensor) -> tuple:
+    """(c0, G) = (W_0^T (x - b_0)^T, W_0^T W_0)."""
+    return torch.mm(W0.t(), (x - b0).t()), W0.t() @ W0
+
+
 # Stacks of the adjoint are taken from and given back to a small pool: fresh multi-MB
 # allocations are mmapped and page-faulted on every call, which cost as much as the loop.
 _POOL: dict = {}
 _POOL_CAP = 16
 
 
-def _stack(x: torch.Tensor, n: int, B: int, d: int) -> torch.Tensor:
-    """An (n, B, d) stack whose slots start on 64-byte boundaries, like fresh tensors do (BLAS
-    rounding can depend on alignment; aligned slots keep the recording loop bitwise equal to
-    the plain one)."""
+def _stack(x: torch.Tensor, n: int, R: int, C: int) -> torch.Tensor:
+    """An (n, R, C) stack whose slots start on 64-byte boundaries, like fresh tensors do."""
     q = max(1, 64 // x.element_size())
-    slot = -(-(B * d) // q) * q
+    slot = -(-(R * C) // q) * q
     free = _POOL.get((x.dtype, x.device, n * slot))
     flat = free.pop() if free else x.new_empty(n * slot)
-    return flat.as_strided((n, B, d), (slot, d, 1))
+    return flat.as_strided((n, R, C), (slot, C, 1))
 
 
 def _release(*stacks) -> None:
     """Give stacks made by ``_stack`` back to the pool (nothing may use them afterwards)."""
-    for group in stacks:
-        for s in group:
-            if s is None:
-                continue
-            flat = s._base if s._base is not None else s
-            free = _POOL.setdefault((flat.dtype, flat.device, flat.numel()), [])
-            if len(free) < _POOL_CAP:
-                free.append(flat)
+    for s in stacks:
+        if s is None:
+            continue
+        flat = s._base if s._base is not None else s
+        free = _POOL.setdefault((flat.dtype, flat.device, flat.numel()), [])
+        if len(free) < _POOL_CAP:
+            free.append(flat)
 
 
 class _Record(NamedTuple):
-    """What the adjoint of ``bp`` needs from the forward loop, per step t: f(z^t) and the errors
-    eps^t (layers ``first``..L-1 and the prior term; None for layer 0 under the Gram form) for
-    t = 0..T, and for t = 0..T-1 f'(z^t) and f''(z^t) * (eps^t_l W_l) (None where f'' = 0)."""
-    FZ: list
-    E: list
-    DF: list
-    H: list
-    Z: Optional[list] = None   # OPTIONS["bp_memory"] = "lean": only z^t (t < T); the rest is recomputed
+    """What the adjoint of ``bp`` reads, as (steps, D, B) stacks in the stacked layout: f(z^t)
+    and EPS^t for t = 0..T; f'(z^t) and f''(z^t) * BACK^t (None where f'' = 0) for t < T; E0:
+    eps_0^t, (T + 1, B, d_0), without the Gram form.  "lean": only Z, z^t for t < T."""
+    FZ: Optional[torch.Tensor] = None
+    E: Optional[torch.Tensor] = None
+    DF: Optional[torch.Tensor] = None
+    H: Optional[torch.Tensor] = None
+    E0: Optional[torch.Tensor] = None
+    Z: Optional[torch.Tensor] = None
 
 
-@torch.no_grad()
-def _forward_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float,
-                  y: Optional[torch.Tensor], w: float, momentum: float,
-                  callback: Optional[StepCallback], gram: Optional[bool] = None,
-                  record: str = "") -> tuple[State, Optional[_Record]]:
-    """The no-grad loop on preallocated buffers: every update is written in place.  With
-    ``record`` = "full" the quantities the adjoint of ``bp`` reads are written into per-step
-    stacks as they are formed; with "lean" only the latents z^t are kept."""
-    L = model.L
-    W = list(model.W)
-    Wt = [Wl.t() for Wl in W]
-    b = list(model.b)
-    prior = model.prior_mean
-    nudge = y is not None and w > 0.0
-    scale = 1.0 - w if nudge else 1.0
-    onehot = _onehot_t(model, y, x.dtype) if nudge else None
-    gram = use_gram(model, x.shape[0], T) if gram is None else gram
-    first = 1 if gram else 0
-    B, dims = x.shape[0], model.layers
-    n_eps = L + (prior is not None)
-    eps_dims = dims[:L] + ([dims[L]] if prior is not None else [])
+def _has_d2f(model: PCN) -> bool:
+    return model.activation not in ("relu", "linear")
 
-    z = [zl.clone(memory_format=torch.contiguous_format) for zl in z0]
-    full = record == "full"
-    if record == "lean":
-        Zst = [_stack(x, T, B, d) for d in dims[1:]]
-        Zs = [list(v) for v in zip(*[S.unbind(0) for S in Zst])]
-        rec = _Record(None, None, None, None, Zst)
-    if full:
-        FZ = [_stack(x, T + 1, B, d) for d in dims[1:]]
-        E = [None if k < first else _stack(x, T + 1, B, d) for k, d in enumerate(eps_dims)]
-        DF = [_stack(x, T, B, d) for d in dims[1:]]
-        has_h = model.activation not in ("relu", "linear")
-        H = [_stack(x, T, B, d) if has_h else None for d in dims[1:]]
-        ones = [x.new_ones(B, d) for d in dims[1:]]
-        rec = _Record(FZ, E, DF, H)
-        eps_n = [x.new_empty(B, d) for d in eps_dims[:first]]   # layer 0 under Gram: not stacked
-        # per-step views, made once (unbind) rather than by indexing inside the loop
-        FZs, DFs = ([list(v) for v in zip(*[S.unbind(0) for S in st])] for st in (FZ, DF))
-        Hs = [list(v) for v in zip(*[S.unbind(0) if S is not None else [None] * T for S in H])]
-        Es = [eps_n + list(v) for v in zip(*[S.unbind(0) for S in E[first:]])]
-        fz, eps = FZs[0], Es[0]
-        back = [x.new_empty(B, d) for d in dims[1:]]
-        dfb = [x.new_empty(B, d) for d in dims[1:]]
-    else:
-        rec = rec if record == "lean" else None
-        fz = [None] * L
-        eps = [x.new_empty(B, d) for d in eps_dims]
-        dfb = back = [x.new_empty(B, d) for d in dims[1:]]   # f'(z_{l+1}) * (eps_l W_l), in place
-    for l in range(L):
-        fz[l] = act(model, z[l], out=fz[l] if full else torch.empty_like(z[l]))
-    mu = [x.new_empty(B, d) for d in dims[:L]]
-    grad = [x.new_empty(B, d) for d in dims[1:]]
-    vel = [torch.zeros_like(zl) for zl in z] if momentum > 0 else None
-    if gram:
-        c0 = (x - b[0]) @ W[0]                 # (x - b_0) W_0
-        G = Wt[0] @ W[0]                       # W_0^T W_0
-
-    def predict(lo: int) -> None:
-        below = [x] + z[:-1]
-        for l in range(lo, L):
-            torch.addmm(b[l], fz[l], Wt[l], out=mu[l])
-            torch.sub(below[l], mu[l], out=eps[l])
-        if prior is not None:
-            torch.sub(z[-1], prior, out=eps[L])
-
-    def report(t: int, dz: Optional[list]) -> None:
-        if gram:
-            predict(0)
-        callback(t, [zl.clone() for zl in z], [e.clone() for e in eps], dz)
-
-    predict(first)
-    if callback is not None:
-        report(0, None)
-    for t in range(1, T + 1):
-        dzs = [] if callback is not None else None
-        if full:
-            dft, ht = DFs[t - 1], Hs[t - 1]
-        elif record:
-            for zs, zl in zip(Zs[t - 1], z):
-                zs.copy_(zl)
-        for l in range(L):
-            if l == 0 and gram:
-                torch.addmm(c0, fz[0], G, alpha=-1.0, out=back[0])   # = eps_0 W_0
-            else:
-                torch.mm(eps[l], W[l], out=back[l])
-            if full:   # keep f'(z), f''(z) * back for the adjoint (f'(z) * back = df_times')
-                d = torch.mul(df_times(model, z[l], fz[l], ones[l], out=dft[l]), back[l], out=dfb[l])
-                if ht[l] is not None:
-                    d2f_times(model, z[l], fz[l], back[l], out=ht[l])
-            else:
-                d = df_times(model, z[l], fz[l], back[l], out=dfb[l])
-            g = grad[l]
-            s = scale
-            if l + 1 == n_eps and not nudge and vel is None and dzs is None:
-                z[l].add_(d, alpha=eta * s)    # top, no prior: g = -d
-                continue
-            if l + 1 < n_eps:
-                torch.sub(eps[l + 1], d, out=g)
-            else:
-                torch.neg(d, out=g)
-            if nudge and l == L - 1:
-                g.mul_(scale).add_(_nudge_grad(model, z[l], onehot, w))
-                s = 1.0
-            if vel is not None:
-                vel[l].mul_(momentum).add_(g, alpha=s)
-                g, s = vel[l], 1.0
-            if dzs is not None:
-                dzs.append(g * (-eta * s))
-            z[l].add_(g, alpha=-eta * s)
-        if full:
-            fz, eps = FZs[t], Es[t]
-        for l in range(L):
-            act(model, z[l], out=fz[l])
-        predict(first)
-        if callback is not None:
-            report(t, dzs)
-    if gram:
-        predict(0)
-    return State(z, eps, fz), rec
-
-
-# ---- the no-grad loop: all layers stacked in one transposed buffer ---------------------------
 
 @torch.no_grad()
 def _stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float,
                   y: Optional[torch.Tensor], w: float, momentum: float,
-                  callback: Optional[StepCallback], gram: Optional[bool] = None) -> State:
-    """The inference loop without autograd (``pc``, evaluation, probing).
+                  callback: Optional[StepCallback], gram: Optional[bool] = None,
+                  record: str = "") -> tuple[State, Optional[_Record]]:
+    """The inference loop without autograd, in the stacked layout (``pc``, evaluation,
+    probing, and the forward pass of ``bp``'s adjoint).  One step:
 
-    Every latent layer is a block of rows of one (D x B) buffer, D = d_1 + ... + d_L (the
-    transpose of the usual (B x d) layout, so each layer, and every run of layers, is
-    contiguous).  Each step is then one kernel over all layers for every elementwise pass, and
-    each product writes straight into its block:
+        BACK = W^T EPS (``_back``),  Z <- Z - eta [s (EPS - f'(Z) * BACK) + w C^T (softmax(C Z_L + c) - onehot(y))],
+        F = f(Z),  EPS = Z - (W F + b) (``_errors``),
 
-        EPS_l = Z_l - (W_l F_{l+1} + b_l)   (l < L;  EPS_L = Z_L - b_L with a prior, else 0),
-        BACK_l = W_{l-1}^T EPS_{l-1}         (l > 1;  BACK_1 from the clamped data below),
-        Z <- Z - eta [s (EPS - f'(Z) * BACK) + w C^T (softmax(C Z_L + c) - onehot(y))],
-
-    with F = f(Z), s = 1 - w (the last term only in the rows of z_L, and with a label).  With
-    momentum the bracket goes through v <- m v + [...] first.  Layer 0 stays (B x d_0):
-    BACK_1 = W_0^T (x - b_0)^T - G F_1 under the Gram form (``use_gram``), else
-    (eps_0 W_0)^T with eps_0 = x - F_1^T W_0^T - b_0 formed every step.
-    Returns (B x d) views of the buffers.
+    s = 1 - w, the last term only in the rows of z_L and only with a label; with momentum the
+    bracket goes through v <- m v + [...].  Under the Gram form (``use_gram``) eps_0 is formed
+    only at the end (or for a callback).  ``record`` = "full" keeps what the adjoint reads
+    (``_Record``), "lean" only z^t.  Returns (B x d) views of the buffers.
     """
     L, dims, B = model.L, model.layers, x.shape[0]
-    off = [0]
-    for d in dims[1:]:
-        off.append(off[-1] + d)
-    D, top = off[-1], slice(off[L - 1], off[L])
-    W, b, prior = list(model.W), list(model.b), model.prior_mean
+    lay = _layout(model)
+    W, b = list(model.W), list(model.b) + ([model.prior_mean] if model.prior_mean is not None else [])
     nudge = y is not None and w > 0.0
     s = 1.0 - w if nudge else 1.0
     gram = use_gram(model, B, T) if gram is None else gram
-    slow = momentum > 0                                 # the update goes through a gradient buffer
+    gt = _gram_terms(x, W[0], b[0]) if gram else None
+    full = record == "full"
 
-    buf = x.new_empty(4 + slow + (momentum > 0), D, B)
-    Z, FZ, EPS, BACK = buf[0], buf[1], buf[2], buf[3]
-    GR = buf[4] if slow else None
-    V = buf[5].zero_() if momentum > 0 else None
-    rows = [slice(off[k], off[k + 1]) for k in range(L)]
-    Zl, Fl, El, Bl = ([S[r] for r in rows] for S in (Z, FZ, EPS, BACK))
-    for zk, z0k in zip(Zl, z0):
-        zk.copy_(z0k.t())
-    bcol = [bl.unsqueeze(1) for bl in b]
-    n_err = D if prior is not None else off[L - 1]      # rows that EPS = Z - MU covers
-    if prior is None:
-        El[-1].zero_()                                  # no energy term above z_L
+    buf = x.new_empty(2 + 2 * (not full) + (momentum > 0), lay.D, B)
+    Z, BACK = buf[0], buf[1]
+    V = buf[-1].zero_() if momentum > 0 else None
+    if full:
+        FZs, Es = _stack(x, T + 1, lay.D, B), _stack(x, T + 1, lay.D, B)
+        DFs = _stack(x, T, lay.D, B)
+        Hs = _stack(x, T, lay.D, B) if _has_d2f(model) else None
+        E0s = None if gram else _stack(x, T + 1, B, dims[0])
+        rec = _Record(FZs, Es, DFs, Hs, E0s)
+        ones = torch.ones_like(Z)
+        if model.prior_mean is None:
+            Es[:, lay.top].zero_()
+        FZ, EPS = FZs[0], Es[0]
+        E0 = x.new_empty(B, dims[0]) if gram else E0s[0]
+    else:
+        FZ, EPS = buf[2], buf[3]
+        EPS[lay.top].zero_()
+        E0 = x.new_empty(B, dims[0])
+        rec = _Record(Z=_stack(x, T, lay.D, B)) if record == "lean" else None
+    GR = torch.empty_like(Z) if momentum > 0 else None
+    for k, z0k in enumerate(z0):
+        Z[lay.rows[k]].copy_(z0k.t())
     onehot = _onehot_t(model, y, x.dtype) if nudge else None
-    ccol = model.c.unsqueeze(1)
-    E0 = x.new_empty(B, dims[0])                        # eps_0, (B x d_0)
-    if gram:
-        c0 = torch.mm(W[0].t(), (x - b[0]).t())         # W_0^T (x - b_0)^T, (d_1 x B)
-        G = W[0].t() @ W[0]                             # W_0^T W_0 (symmetric)
+    data_each_step = not gram or callback is not None
 
-    def errors(data: bool) -> None:
-        """EPS (and eps_0 if ``data``) from F = f(Z)."""
-        for k in range(L - 1):
-            torch.addmm(bcol[k + 1], W[k + 1], Fl[k + 1], out=El[k])
-        if prior is not None:
-            El[-1].copy_(prior.unsqueeze(1).expand_as(El[-1]))
-        torch.sub(Z[:n_err], EPS[:n_err], out=EPS[:n_err])
-        if data:
-            torch.sub(x, torch.addmm(b[0], Fl[0].t(), W[0].t()), out=E0)
+    def evaluate() -> None:
+        """F, EPS (and eps_0 where needed) at the current Z."""
+        act(model, Z, out=FZ)
+        _errors(model, lay, W, b, Z, FZ, EPS)
+        if data_each_step:
+            _data_error(x, W[0], b[0], FZ[lay.rows[0]], out=E0)
 
     def state(copy: bool) -> tuple[list, list, list]:
         """(B x d) views of z, eps, f(z) (contiguous copies if ``copy``)."""
-        z, fz = [S.t() for S in Zl], [S.t() for S in Fl]
-        eps = [E0] + [S.t() for S in El[:L - 1 + (prior is not None)]]
+        z, fz = [Z[r].t() for r in lay.rows], [FZ[r].t() for r in lay.rows]
+        eps = [E0] + [EPS[r].t() for r in lay.rows[:L - 1 + (model.prior_mean is not None)]]
         if copy:
             z, eps, fz = ([v.clone(memory_format=torch.contiguous_format) for v in g] for g in (z, eps, fz))
         return z, eps, fz
 
-    act(model, Z, out=FZ)
-    errors(not gram or callback is not None)
+    evaluate()
     if callback is not None:
         z_, e_, _ = state(True)
         callback(0, z_, e_, None)
     for t in range(1, T + 1):
-        if gram:
-            torch.addmm(c0, G, Fl[0], alpha=-1.0, out=Bl[0])
+        if rec is not None and rec.Z is not None:
+            rec.Z[t - 1].copy_(Z)
+        _back(model, lay, W, FZ, EPS, E0, gt, BACK)
+        if full:   # keep f'(z), f''(z) * BACK for the adjoint; then f'(z) * BACK
+            df_times(model, Z, FZ, ones, out=DFs[t - 1])
+            if Hs is not None:
+                d2f_times(model, Z, FZ, BACK, out=Hs[t - 1])
+            torch.mul(DFs[t - 1], BACK, out=BACK)
         else:
-            torch.mm(W[0].t(), E0.t(), out=Bl[0])
-        for k in range(1, L):
-            torch.mm(W[k].t(), El[k - 1], out=Bl[k])
-        df_times(model, Z, FZ, BACK, out=BACK)          # f'(Z) * BACK
+            df_times(model, Z, FZ, BACK, out=BACK)
         if callback is not None:
-            z_prev = [zk.t().clone() for zk in Zl]
+            z_prev = [Z[r].t().clone() for r in lay.rows]
         if nudge:
-            P = torch.softmax(torch.addmm(ccol, model.C, Zl[-1]), dim=0).sub_(onehot)
-        if not slow:
+            P = torch.softmax(torch.addmm(model.c.unsqueeze(1), model.C, Z[lay.top]), dim=0).sub_(onehot)
+        if V is None:
             Z.add_(EPS, alpha=-eta * s).add_(BACK, alpha=eta * s)
             if nudge:
-                Zl[-1].addmm_(model.C.t(), P, alpha=-eta * w)
+                Z[lay.top].addmm_(model.C.t(), P, alpha=-eta * w)
         else:
             step = torch.sub(EPS, BACK, out=GR)
             if s != 1.0:
                 step.mul_(s)
             if nudge:
-                step[top].addmm_(model.C.t(), P, alpha=w)
-            if V is not None:
-                step = V.mul_(momentum).add_(step)
-            Z.add_(step, alpha=-eta)
-        act(model, Z, out=FZ)
-        errors(not gram or callback is not None)
+                step[lay.top].addmm_(model.C.t(), P, alpha=w)
+            Z.add_(V.mul_(momentum).add_(step), alpha=-eta)
+        if full:
+            FZ, EPS = FZs[t], Es[t]
+            if not gram:
+                E0 = E0s[t]
+        evaluate()
         if callback is not None:
             z_, e_, _ = state(True)
             callback(t, z_, e_, [zn - zp for zn, zp in zip(z_, z_prev)])
-    if gram and callback is None:
-        errors(True)
-    z, eps, fz = state(False)
-    return State(z, eps, fz)
+    if not data_each_step:
+        _data_error(x, W[0], b[0], FZ[lay.rows[0]], out=E0)
+    return State(*state(False)), rec
 
 
 # ---- bp: the unrolled inference with a hand-written adjoint ----------------------------------
@@ -434,7 +370,7 @@ def _infer_adjoint(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, 
 class _Unrolled(torch.autograd.Function):
     """z^T = Phi_T(z^0; theta), the T inference steps on E, as one autograd node.
 
-    Forward: the no-grad loop, recording per step only what the backward pass reads:
+    Forward: ``_stacked_loop``, recording per step only what the backward pass reads:
     f(z^t), eps^t, f'(z^t) and f''(z^t) * (eps_l^t W_l) (``_Record``).
     Backward (reverse-mode adjoint of  v^{t+1} = m v^t + g(z^t),  z^{t+1} = z^t - eta v^{t+1},
     g = dE/dz): with lam = dL/dz^{t+1}, lv = dL/dv^{t+1} and u = lv - eta lam,
@@ -447,22 +383,22 @@ class _Unrolled(torch.autograd.Function):
 
         (H u)_{l+1} = [delta_{l+1}] - f''(z_{l+1}) * u_{l+1} * (eps_l W_l) - f'(z_{l+1}) * (delta_l W_l)
         d<u,g>/dW_l = -eps_l^T r_l - delta_l^T f(z_{l+1}),   d<u,g>/db_l = -sum delta_l,
-        d<u,g>/db_L(prior) = -sum u_L;
+        d<u,g>/db_L(prior) = -sum u_L,   d<u,g>/db_0 = (sum r_0) W_0^T;
     layer 0 under the Gram form: delta_0 W_0 = -r_0 G and
-        d<u,g>/dW_0 = -(x - b_0)^T r_0 + W_0 (f(z_1)^T r_0 + r_0^T f(z_1)),  d<u,g>/db_0 = (sum r_0) W_0^T.
-    The parameter terms are accumulated step by step (no per-step stacks in the backward).
+        d<u,g>/dW_0 = -(x - b_0)^T r_0 + W_0 (f(z_1)^T r_0 + r_0^T f(z_1)).
+    All of it runs in the stacked layout (transposed: each product below is the transpose of
+    the one above); the parameter terms are accumulated step by step.
     """
 
     @staticmethod
     def forward(ctx, spec, x, *tensors):
         model, T, eta, momentum, gram = spec
         L = model.L
-        z0 = tensors[:L]
-        state, rec = _forward_loop(model, x, list(z0), T, eta, None, 0.0, momentum, None, gram=gram,
+        state, rec = _stacked_loop(model, x, list(tensors[:L]), T, eta, None, 0.0, momentum, None, gram=gram,
                                    record="lean" if OPTIONS.get("bp_memory") == "lean" else "full")
         ctx.spec, ctx.rec = spec, rec
         ctx.save_for_backward(x, *tensors[L:])
-        return tuple(state.z)
+        return tuple(zl.contiguous() for zl in state.z)
 
     @staticmethod
     @once_differentiable
@@ -470,117 +406,96 @@ class _Unrolled(torch.autograd.Function):
         model, T, eta, momentum, gram = ctx.spec
         rec: _Record = ctx.rec
         x, *params = ctx.saved_tensors
-        L = model.L
-        W, b = params[:L], params[L:2 * L]
+        L, dims, B = model.L, model.layers, x.shape[0]
+        W, b = params[:L], params[L:]
         has_prior = len(params) > 2 * L
-        first = 1 if gram else 0
-        n_eps = L + has_prior
-        B, dims = x.shape[0], model.layers
-        eps_dims = dims[:L] + ([dims[L]] if has_prior else [])
-        lam = [g.clone() if g is not None else x.new_zeros(B, d) for g, d in zip(grad_z, dims[1:])]
-        r = [x.new_empty(B, d) for d in dims[1:]]                  # r_l = f'(z_{l+1}) * u_{l+1}
-        dl = [x.new_empty(B, d) for d in eps_dims]                 # delta_l
-        P = [x.new_empty(B, d) for d in dims[1:]]
-        # sums over the steps: dW_l (layers >= first), sum_t delta_l (biases); layer 0 under the
-        # Gram form: M = sum_t f(z_1)^T r_0 and sum_t r_0
-        gW = [None if l < first else x.new_zeros(dims[l], dims[l + 1]) for l in range(L)]
-        Dsum = [x.new_zeros(B, d) for d in eps_dims]
+        lay = _layout(model)
+        rows, r0 = lay.rows, lay.rows[0]
+        LAM = x.new_zeros(lay.D, B)
+        for k, g in enumerate(grad_z):
+            if g is not None:
+                LAM[rows[k]].copy_(g.t())
+        R, DL, P = x.new_empty(3, lay.D, B).unbind(0)    # r = f'(z) * u, delta, (H u) terms
+        if not has_prior:
+            DL[lay.top].zero_()
+        gW = [x.new_zeros(dims[l], dims[l + 1]) for l in range(L)]
+        Dsum = x.new_zeros(lay.D, B)         # sum_t delta (biases of layers >= 1, prior)
+        Rsum = x.new_zeros(dims[1], B)       # sum_t r_0 (bias of layer 0)
+        gt = _gram_terms(x, W[0], b[0]) if gram else None
         if gram:
-            G = W[0].t() @ W[0]
-            M = x.new_zeros(dims[1], dims[1])
-            Rsum = x.new_zeros(B, dims[1])
-        # per-step views, made once (unbind) rather than by indexing inside the loop
+            M = x.new_zeros(dims[1], dims[1])   # sum_t f(z_1)^T r_0
         lean = rec.Z is not None
-        if lean:   # recompute f(z^t), eps^t, f'(z^t), f''(z^t) * back^t from z^t, step by step
-            Zs = [list(v) for v in zip(*[S.unbind(0) for S in rec.Z])]
-            tmp = [[x.new_empty(B, d) for d in dims[1:]] for _ in range(4)]
-            ft, dft, ht, bk = tmp
-            if model.activation in ("relu", "linear"):
-                ht = [None] * L
-            et = [None if k < first else x.new_empty(B, d) for k, d in enumerate(eps_dims)]
-            mu = [x.new_empty(B, d) for d in dims[:L]]
-            ones = [x.new_ones(B, d) for d in dims[1:]]
-            c0 = (x - b[0]) @ W[0] if gram else None
-        else:
-            FZs, DFs = ([list(v) for v in zip(*[S.unbind(0) for S in stacks])] for stacks in (rec.FZ, rec.DF))
-            Hs = [list(v) for v in zip(*[S.unbind(0) if S is not None else [None] * T for S in rec.H])]
-            Es = [list(v) for v in zip(*[S.unbind(0) if S is not None else [None] * (T + 1) for S in rec.E])]
+        if lean:   # recompute f(z^t), eps^t, f'(z^t), f''(z^t) * BACK^t from z^t, step by step
+            FT, ET, DFT, BK = x.new_empty(4, lay.D, B).unbind(0)
+            HT = torch.empty_like(FT) if _has_d2f(model) else None
+            ET[lay.top].zero_()
+            E0T = None if gram else x.new_empty(B, dims[0])
+            ones = torch.ones_like(FT)
         # Without momentum u = -eta lam is carried directly (u <- u - eta H u); with momentum
         # lam and lv are, and u = lv - eta lam is formed per step.
         if momentum > 0:
-            lv = [torch.zeros_like(lm) for lm in lam]
-            c = 1.0
+            LV, U = torch.zeros_like(LAM), torch.empty_like(LAM)
+            tgt, c = LAM, 1.0
         else:
-            u = [lm.mul_(-eta) for lm in lam]
+            U = tgt = LAM.mul_(-eta)
             c = -eta
         for t in reversed(range(T)):
             if momentum > 0:
-                u = [torch.add(v, lm, alpha=-eta) for v, lm in zip(lv, lam)]
-                tgt = lam
-            else:
-                tgt = u
+                torch.add(LV, LAM, alpha=-eta, out=U)
             if lean:
-                zt = Zs[t]
-                for l in range(L):
-                    act(model, zt[l], out=ft[l])
-                below = [x] + zt[:-1]
-                for k in range(first, L):
-                    torch.addmm(b[k], ft[k], W[k].t(), out=mu[k])
-                    torch.sub(below[k], mu[k], out=et[k])
-                if has_prior:
-                    torch.sub(zt[-1], params[2 * L], out=et[L])
-                for l in range(L):
-                    if l == 0 and gram:
-                        torch.addmm(c0, ft[0], G, alpha=-1.0, out=bk[0])
-                    else:
-                        torch.mm(et[l], W[l], out=bk[l])
-                    df_times(model, zt[l], ft[l], ones[l], out=dft[l])
-                    if ht[l] is not None:
-                        d2f_times(model, zt[l], ft[l], bk[l], out=ht[l])
+                Zt = rec.Z[t]
+                act(model, Zt, out=FT)
+                _errors(model, lay, W, b, Zt, FT, ET)
+                if not gram:
+                    _data_error(x, W[0], b[0], FT[r0], out=E0T)
+                _back(model, lay, W, FT, ET, E0T, gt, BK)
+                df_times(model, Zt, FT, ones, out=DFT)
+                if HT is not None:
+                    d2f_times(model, Zt, FT, BK, out=HT)
+                Ft, Et, DFt, Ht, E0t = FT, ET, DFT, HT, E0T
             else:
-                ft, dft, ht, et = FZs[t], DFs[t], Hs[t], Es[t]
-            for l in range(L):
-                torch.mul(dft[l], u[l], out=r[l])
-            for k in range(first, L):
-                if k == 0:
-                    torch.mm(r[0], W[0].t(), out=dl[0]).neg_()
-                else:
-                    torch.addmm(u[k - 1], r[k], W[k].t(), alpha=-1.0, out=dl[k])
+                Ft, Et, DFt = rec.FZ[t], rec.E[t], rec.DF[t]
+                Ht = rec.H[t] if rec.H is not None else None
+                E0t = rec.E0[t] if rec.E0 is not None else None
+            torch.mul(DFt, U, out=R)
             if has_prior:
-                dl[L].copy_(u[L - 1])
+                DL[lay.top].copy_(U[lay.top])
+            for k in range(1, L):
+                torch.addmm(U[rows[k - 1]], W[k], R[rows[k]], alpha=-1.0, out=DL[rows[k - 1]])
             # parameter terms of this step (before u changes): -d<u,g>/dtheta, summed over t
-            for l in range(first, L):
-                gW[l].addmm_(et[l].t(), r[l]).addmm_(dl[l].t(), ft[l])
-            for k in range(first, n_eps):
-                Dsum[k].add_(dl[k])
+            for k in range(1, L):
+                gW[k].addmm_(Et[rows[k - 1]], R[rows[k]].t()).addmm_(DL[rows[k - 1]], Ft[rows[k]].t())
             if gram:
-                M.addmm_(ft[0].t(), r[0])
-                Rsum.add_(r[0])
-            for l in range(L):   # tgt_l += c (H u)_l
-                if ht[l] is not None:
-                    tgt[l].addcmul_(ht[l], u[l], value=-c)
-                if l == 0 and gram:
-                    torch.mm(r[0], G, out=P[0]).mul_(dft[0])
-                    tgt[0].add_(P[0], alpha=c)
-                else:
-                    torch.mm(dl[l], W[l], out=P[l]).mul_(dft[l])
-                    tgt[l].add_(P[l], alpha=-c)
-                if l + 1 < n_eps:
-                    tgt[l].add_(dl[l + 1], alpha=c)
+                M.addmm_(Ft[r0], R[r0].t())
+                torch.mm(gt[1], R[r0], out=P[r0]).neg_()            # (delta_0 W_0)^T = -G r_0^T
+            else:
+                DL0 = torch.mm(W[0], R[r0]).neg_()                   # delta_0^T
+                gW[0].addmm_(E0t.t(), R[r0].t()).addmm_(DL0, Ft[r0].t())
+                torch.mm(W[0].t(), DL0, out=P[r0])
+            Rsum.add_(R[r0])
+            Dsum.add_(DL)
+            for k in range(1, L):
+                torch.mm(W[k].t(), DL[rows[k - 1]], out=P[rows[k]])
+            # tgt += c H u = c [delta_above - f''(z) * BACK * u - f'(z) * (delta W)]  (tgt may be u:
+            # the term that reads u goes first)
+            if Ht is not None:
+                tgt.addcmul_(Ht, U, value=-c)
+            tgt.add_(P.mul_(DFt), alpha=-c).add_(DL, alpha=c)
             if momentum > 0:
-                lv = [ul.mul_(momentum) for ul in u]
+                torch.mul(U, momentum, out=LV)
         if momentum <= 0:
-            lam = [ul.mul_(-1.0 / eta) for ul in u]
-        gb = [None] * L
-        for l in range(first, L):
-            gW[l].neg_()
-            gb[l] = Dsum[l].sum(0).neg_()
+            LAM = U.mul_(-1.0 / eta)
+        lam = [LAM[r].t().contiguous() for r in rows]
+        gb = [Rsum.sum(1) @ W[0].t()] + [Dsum[rows[k - 1]].sum(1).neg_() for k in range(1, L)]
+        for k in range(1, L):
+            gW[k].neg_()
         if gram:
-            gW[0] = torch.addmm(W[0] @ M.add(M.t()), (x - b[0]).t(), Rsum, alpha=-1.0)
-            gb[0] = Rsum.sum(0) @ W[0].t()
-        gp = [Dsum[L].sum(0).neg_()] if has_prior else []
+            gW[0] = torch.addmm(W[0] @ M.add(M.t()), (x - b[0]).t(), Rsum.t(), alpha=-1.0)
+        else:
+            gW[0].neg_()
+        gp = [Dsum[lay.top].sum(1).neg_()] if has_prior else []
         ctx.rec = None
-        _release(*(g for g in (rec.FZ, rec.E, rec.DF, rec.H, rec.Z) if g is not None))
+        _release(*rec)
         return (None, None, *lam, *gW, *gb, *gp)
 
 

@@ -53,8 +53,8 @@ def test_adjoint_matches_autograd_through_the_loop(act, prior, momentum, gram):
         assert set(fast) == set(ref)
         for k in ref:
             torch.testing.assert_close(fast[k], ref[k], rtol=1e-9, atol=1e-11, msg=f"{mem} {k}")
-        for a, b in zip(zf, zr):
-            assert torch.equal(a, b)
+        for a, b in zip(zf, zr):   # the stacked loop and autograd's loop round differently
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("act", ["tanh", "gelu", "relu"])
@@ -124,9 +124,9 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 @pytest.mark.parametrize("act", ["tanh", "gelu", "relu", "linear"])
 @pytest.mark.parametrize("momentum", [0.0, 0.4])
 @pytest.mark.parametrize("prior", [False, True])
-def test_adjoint_forward_is_bitwise_the_traced_loop(act, momentum, prior):
-    """Under grad mode a callback selects the autograd loop; without one the adjoint runs.
-    Both produce the very same latents; the no-grad (stacked) loop agrees to rounding."""
+def test_adjoint_forward_agrees_with_the_traced_loop(act, momentum, prior):
+    """Under grad mode a callback selects the autograd loop; without one the adjoint runs (its
+    forward is the stacked no-grad loop).  All three give the same latents up to rounding."""
     model, x, _ = _setup(act, prior=prior, B=6)
     z0 = init_latents(model, x, "amortised")
     a, _ = infer(model, x, z0, 7, 0.1, momentum=momentum)
@@ -135,8 +135,8 @@ def test_adjoint_forward_is_bitwise_the_traced_loop(act, momentum, prior):
         c, _ = infer(model, x, z0, 7, 0.1, momentum=momentum)
     assert a[0].grad_fn is not None and b[0].grad_fn is not None
     for u, v, w in zip(a, b, c):
-        assert torch.equal(u, v)
-        torch.testing.assert_close(w, u.detach(), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(u.detach(), v.detach(), rtol=1e-12, atol=1e-14)
+        assert torch.equal(u.detach(), w)
 
 
 @pytest.mark.skipif(not os.environ.get("PCN_TEST_COMPILE"),
