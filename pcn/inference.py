@@ -158,42 +158,45 @@ def _layout(model: PCN) -> _Layout:
     return _Layout(rows, off[-1], rows[-1], off[-1] if model.prior_mean is not None else off[-2])
 
 
-def _errors(model: PCN, lay: _Layout, W: list, b: list, Z: torch.Tensor, FZ: torch.Tensor,
-            EPS: torch.Tensor) -> None:
+def _blocks(S: torch.Tensor, lay: _Layout) -> list[torch.Tensor]:
+    """Views of a stacked buffer: the row block of each latent layer, then rows [0, n_err)."""
+    return [S[r] for r in lay.rows] + [S[:lay.n_err]]
+
+
+def _errors(model: PCN, W: list, bcol: list, Zb: list, Fb: list, Eb: list) -> None:
     """EPS_k = Z_k - (W_{k+1} F_{k+1} + b_{k+1}) in the rows of z[k], k < L - 1, and
-    EPS_top = Z_top - b_L with a prior (without one the top rows are left alone: zero)."""
-    rows = lay.rows
-    for k in range(model.L - 1):
-        torch.addmm(b[k + 1].unsqueeze(1), W[k + 1], FZ[rows[k + 1]], out=EPS[rows[k]])
-    if model.prior_mean is not None:
-        EPS[lay.top].copy_(b[model.L].unsqueeze(1).expand_as(EPS[lay.top]))
-    n = lay.n_err
-    torch.sub(Z[:n], EPS[:n], out=EPS[:n])
+    EPS_top = Z_top - b_L with a prior (without one the top rows are left alone: zero).
+    Arguments are ``_blocks`` of the stacked buffers; ``bcol``: the biases as columns."""
+    L = model.L
+    for k in range(L - 1):
+        torch.addmm(bcol[k + 1], W[k + 1], Fb[k + 1], out=Eb[k])
+    if len(bcol) > L:
+        Eb[L - 1].copy_(bcol[L].expand_as(Eb[L - 1]))
+    torch.sub(Zb[-1], Eb[-1], out=Eb[-1])
 
 
 def _data_error(x: torch.Tensor, W0: torch.Tensor, b0: torch.Tensor, F1: torch.Tensor,
                 out: torch.Tensor) -> torch.Tensor:
-    """eps_0 = x - (F_1^T W_0^T + b_0), (B x d_0)."""
-    return torch.sub(x, torch.addmm(b0, F1.t(), W0.t()), out=out)
+    """eps_0 = x - F_1^T W_0^T - b_0, (B x d_0), with no (B x d_0) temporary."""
+    return torch.addmm(x, F1.t(), W0.t(), alpha=-1.0, out=out).sub_(b0)
 
 
-def _back(model: PCN, lay: _Layout, W: list, FZ: torch.Tensor, EPS: torch.Tensor,
-          E0: Optional[torch.Tensor], gram: Optional[tuple], BACK: torch.Tensor) -> None:
+def _back(model: PCN, W: list, Fb: list, Eb: list, E0: Optional[torch.Tensor], gram: Optional[tuple],
+          Bb: list) -> None:
     """BACK_{k+1} = W_k^T EPS_k (the rows of z[k] receive layer k's error): layer 0 from
     eps_0 (B x d_0), or under the Gram form ``gram`` = (c0, G): BACK_1 = c0 - G F_1 with
-    c0 = W_0^T (x - b_0)^T and G = W_0^T W_0."""
-    rows = lay.rows
+    c0 = W_0^T (x - b_0)^T and G = W_0^T W_0.  Arguments are ``_blocks``."""
     if gram is not None:
-        torch.addmm(gram[0], gram[1], FZ[rows[0]], alpha=-1.0, out=BACK[rows[0]])
+        torch.addmm(gram[0], gram[1], Fb[0], alpha=-1.0, out=Bb[0])
     else:
-        torch.mm(W[0].t(), E0.t(), out=BACK[rows[0]])
+        torch.mm(W[0].t(), E0.t(), out=Bb[0])
     for k in range(1, model.L):
-        torch.mm(W[k].t(), EPS[rows[k - 1]], out=BACK[rows[k]])
+        torch.mm(W[k].t(), Eb[k - 1], out=Bb[k])
 
 
 def _gram_terms(x: torch.Tensor, W0: torch.Tensor, b0: torch.Tensor) -> tuple:
-    """(c0, G) = (W_0^T (x - b_0)^T, W_0^T W_0)."""
-    return torch.mm(W0.t(), (x - b0).t()), W0.t() @ W0
+    """(c0, G) = (W_0^T (x - b_0)^T, W_0^T W_0) (c0 as W_0^T x^T - W_0^T b_0: no (B x d_0) temporary)."""
+    return torch.addmm((b0 @ W0).neg_().unsqueeze(1), W0.t(), x.t()), W0.t() @ W0
 
 
 # Stacks of the adjoint are taken from and given back to a small pool: fresh multi-MB
@@ -257,6 +260,7 @@ def _stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, e
     L, dims, B = model.L, model.layers, x.shape[0]
     lay = _layout(model)
     W, b = list(model.W), list(model.b) + ([model.prior_mean] if model.prior_mean is not None else [])
+    bcol = [bl.unsqueeze(1) for bl in b]
     nudge = y is not None and w > 0.0
     s = 1.0 - w if nudge else 1.0
     gram = use_gram(model, B, T) if gram is None else gram
@@ -286,14 +290,18 @@ def _stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, e
     for k, z0k in enumerate(z0):
         Z[lay.rows[k]].copy_(z0k.t())
     onehot = _onehot_t(model, y, x.dtype) if nudge else None
+    ccol, Ct = model.c.unsqueeze(1), model.C.t()
     data_each_step = not gram or callback is not None
+
+    Zb, Bb = _blocks(Z, lay), _blocks(BACK, lay)
+    Fb, Eb = _blocks(FZ, lay), _blocks(EPS, lay)
 
     def evaluate() -> None:
         """F, EPS (and eps_0 where needed) at the current Z."""
         act(model, Z, out=FZ)
-        _errors(model, lay, W, b, Z, FZ, EPS)
+        _errors(model, W, bcol, Zb, Fb, Eb)
         if data_each_step:
-            _data_error(x, W[0], b[0], FZ[lay.rows[0]], out=E0)
+            _data_error(x, W[0], b[0], Fb[0], out=E0)
 
     def state(copy: bool) -> tuple[list, list, list]:
         """(B x d) views of z, eps, f(z) (contiguous copies if ``copy``)."""
@@ -310,7 +318,7 @@ def _stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, e
     for t in range(1, T + 1):
         if rec is not None and rec.Z is not None:
             rec.Z[t - 1].copy_(Z)
-        _back(model, lay, W, FZ, EPS, E0, gt, BACK)
+        _back(model, W, Fb, Eb, E0, gt, Bb)
         if full:   # keep f'(z), f''(z) * BACK for the adjoint; then f'(z) * BACK
             df_times(model, Z, FZ, ones, out=DFs[t - 1])
             if Hs is not None:
@@ -321,20 +329,21 @@ def _stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, e
         if callback is not None:
             z_prev = [Z[r].t().clone() for r in lay.rows]
         if nudge:
-            P = torch.softmax(torch.addmm(model.c.unsqueeze(1), model.C, Z[lay.top]), dim=0).sub_(onehot)
+            P = torch.softmax(torch.addmm(ccol, model.C, Zb[L - 1]), dim=0).sub_(onehot)
         if V is None:
             Z.add_(EPS, alpha=-eta * s).add_(BACK, alpha=eta * s)
             if nudge:
-                Z[lay.top].addmm_(model.C.t(), P, alpha=-eta * w)
+                Zb[L - 1].addmm_(Ct, P, alpha=-eta * w)
         else:
             step = torch.sub(EPS, BACK, out=GR)
             if s != 1.0:
                 step.mul_(s)
             if nudge:
-                step[lay.top].addmm_(model.C.t(), P, alpha=w)
+                step[lay.top].addmm_(Ct, P, alpha=w)
             Z.add_(V.mul_(momentum).add_(step), alpha=-eta)
         if full:
             FZ, EPS = FZs[t], Es[t]
+            Fb, Eb = _blocks(FZ, lay), _blocks(EPS, lay)
             if not gram:
                 E0 = E0s[t]
         evaluate()
@@ -342,7 +351,7 @@ def _stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, e
             z_, e_, _ = state(True)
             callback(t, z_, e_, [zn - zp for zn, zp in zip(z_, z_prev)])
     if not data_each_step:
-        _data_error(x, W[0], b[0], FZ[lay.rows[0]], out=E0)
+        _data_error(x, W[0], b[0], Fb[0], out=E0)
     return State(*state(False)), rec
 
 
@@ -431,6 +440,8 @@ class _Unrolled(torch.autograd.Function):
             ET[lay.top].zero_()
             E0T = None if gram else x.new_empty(B, dims[0])
             ones = torch.ones_like(FT)
+            FTb, ETb, BKb = _blocks(FT, lay), _blocks(ET, lay), _blocks(BK, lay)
+            bcol = [bl.unsqueeze(1) for bl in b]
         # Without momentum u = -eta lam is carried directly (u <- u - eta H u); with momentum
         # lam and lv are, and u = lv - eta lam is formed per step.
         if momentum > 0:
@@ -445,10 +456,10 @@ class _Unrolled(torch.autograd.Function):
             if lean:
                 Zt = rec.Z[t]
                 act(model, Zt, out=FT)
-                _errors(model, lay, W, b, Zt, FT, ET)
+                _errors(model, W, bcol, _blocks(Zt, lay), FTb, ETb)
                 if not gram:
-                    _data_error(x, W[0], b[0], FT[r0], out=E0T)
-                _back(model, lay, W, FT, ET, E0T, gt, BK)
+                    _data_error(x, W[0], b[0], FTb[0], out=E0T)
+                _back(model, W, FTb, ETb, E0T, gt, BKb)
                 df_times(model, Zt, FT, ones, out=DFT)
                 if HT is not None:
                     d2f_times(model, Zt, FT, BK, out=HT)

@@ -18,35 +18,40 @@ import torch
 import torch.nn.functional as F
 
 from pcn.energy import layer_energies
-from pcn.inference import infer, infer_state, init_latents
+from pcn.inference import _onehot_t, infer, infer_state, init_latents
 from pcn.model import PCN
 
 
 def _readout_grads(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Set dCE/dC, dCE/dc at the detached top latent; return the per-batch mean CE."""
-    logits = model.readout(zL)
-    p = torch.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).to(zL.dtype)
+    """Set dCE/dC, dCE/dc at the detached top latent; return the per-batch mean CE.
+    Formed as (classes x batch): softmax over a short last dimension is slow in torch."""
     B = zL.shape[0]
-    model.C.grad = p.t() @ zL / B
-    model.c.grad = p.mean(0)
-    return F.cross_entropy(logits, y)
+    logp = torch.log_softmax(torch.addmm(model.c.unsqueeze(1), model.C, zL.t()), dim=0)
+    ce = logp.gather(0, y.unsqueeze(0)).mean().neg()
+    p = logp.exp_().sub_(_onehot_t(model, y, zL.dtype))          # softmax - onehot, (classes x B)
+    model.C.grad = p @ zL / B
+    model.c.grad = p.mean(1)
+    return ce
 
 
 def _amortiser_grads(model: PCN, x: torch.Tensor, z: list[torch.Tensor],
                      fz: list[torch.Tensor] | None = None, guess0: torch.Tensor | None = None) -> torch.Tensor:
     """Local regression of the amortiser onto the inferred latents:
     loss = sum_l 1/2 ||V_l g_l(z*_l) + a_l - z*_{l+1}||^2 (batch mean).  ``fz``: f(z*) if known;
-    ``guess0``: V_0 x + a_0 if known (the amortised z_1^0: layer 0's input is x either way)."""
+    ``guess0``: V_0 x + a_0 if known (the amortised z_1^0: layer 0's input is x either way).
+    Residuals are formed as (d x batch), the orientation of the inference's stacked buffers."""
     B = x.shape[0]
-    total = x.new_zeros(())
+    sq = []
     for l in range(model.L):
         inp = x if l == 0 else (fz[l - 1] if fz is not None else model.f(z[l - 1]))
-        pred = guess0 if (l == 0 and guess0 is not None) else torch.addmm(model.a[l], inp, model.V[l].t())
-        r = pred - z[l]
-        model.V[l].grad = torch.addmm(model.V[l], r.t(), inp, beta=0.0, alpha=1.0 / B)
-        model.a[l].grad = r.mean(0)
-        total = total + 0.5 * (r * r).sum(1).mean()
-    return total
+        if l == 0 and guess0 is not None:
+            r = torch.sub(guess0.t(), z[0].t())
+        else:
+            r = torch.addmm(model.a[l].unsqueeze(1), model.V[l], inp.t()).sub_(z[l].t())
+        model.V[l].grad = torch.mm(r, inp).div_(B)
+        model.a[l].grad = r.mean(1)
+        sq.append(torch.linalg.vector_norm(r).square())
+    return torch.stack(sq).sum() / (2 * B)
 
 
 @torch.no_grad()
