@@ -7,14 +7,17 @@ with (pcn.energy) dE/dz_l = [eps_l] - f'(z_l) * (eps_{l-1} W_{l-1}), all layers 
 the same state z^t (a simultaneous, Jacobi-style step).
 
 One function serves training, evaluation and probing.  Under ``torch.no_grad`` it is a
-plain tensor loop that updates preallocated buffers in place (f(z) is computed once per
-step and layer and reused by the prediction, f'(z) and the caller).  With grad enabled the
-result is differentiable in every parameter and in z0 (the ``bp`` rule): by default through
-one autograd node whose backward pass is the hand-written adjoint of the T steps
-(``_Unrolled``); with a callback, a label nudge or OPTIONS["adjoint"] = False, through
-autograd's own graph of the out-of-place steps.  Both give the same z^T, bit for bit.  A
-per-step callback receives copies of the state for tracing; without one nothing extra is
-computed.
+plain tensor loop (``_stacked_loop``) on preallocated buffers in a *stacked* layout: all latent
+layers are row blocks of one (D x B) tensor per quantity (z, f(z), eps, back-projections;
+D = d_1 + ... + d_L), so every elementwise pass is one kernel over all layers and every
+product writes straight into its block; f(z) is computed once per step and reused by the
+prediction, f'(z) and the caller.  The returned tensors are (B x d) views of those buffers
+(not contiguous).  With grad enabled the result is differentiable in every parameter and in
+z0 (the ``bp`` rule): by default through one autograd node whose forward is the same stacked
+loop and whose backward pass is the hand-written adjoint of the T steps (``_Unrolled``);
+with a callback, a label nudge or OPTIONS["adjoint"] = False, through autograd's own graph
+of the out-of-place steps (``_infer_graph``).  The two agree to rounding.  A per-step
+callback receives copies of the state for tracing; without one nothing extra is computed.
 
 Speed switches (``OPTIONS``; none changes the mathematics, only the floating-point rounding;
 environment variables PCN_GRAM, PCN_ADJOINT, PCN_COMPILE override the defaults):
