@@ -422,7 +422,7 @@ class _Unrolled(torch.autograd.Function):
         W, b = params[:L], params[L:]
         has_prior = len(params) > 2 * L
         lay = _layout(model)
-        rows, r0 = lay.rows, lay.rows[0]
+        rows = lay.rows
         LAM = x.new_zeros(lay.D, B)
         for k, g in enumerate(grad_z):
             if g is not None:
@@ -453,6 +453,9 @@ class _Unrolled(torch.autograd.Function):
         else:
             U = tgt = LAM.mul_(-eta)
             c = -eta
+        Ub, Rb, DLb, Pb = (_blocks(S, lay) for S in (U, R, DL, P))
+        Rt = [Rk.t() for Rk in Rb]
+        Gneg = gt[1].neg() if gram else None
         for t in reversed(range(T)):
             if momentum > 0:
                 torch.add(LV, LAM, alpha=-eta, out=U)
@@ -473,23 +476,24 @@ class _Unrolled(torch.autograd.Function):
                 E0t = rec.E0[t] if rec.E0 is not None else None
             torch.mul(DFt, U, out=R)
             if has_prior:
-                DL[lay.top].copy_(U[lay.top])
+                DLb[L - 1].copy_(Ub[L - 1])
             for k in range(1, L):
-                torch.addmm(U[rows[k - 1]], W[k], R[rows[k]], alpha=-1.0, out=DL[rows[k - 1]])
+                torch.addmm(Ub[k - 1], W[k], Rb[k], alpha=-1.0, out=DLb[k - 1])
             # parameter terms of this step (before u changes): -d<u,g>/dtheta, summed over t
+            Eb, Fb = _blocks(Et, lay), _blocks(Ft, lay)
             for k in range(1, L):
-                gW[k].addmm_(Et[rows[k - 1]], R[rows[k]].t()).addmm_(DL[rows[k - 1]], Ft[rows[k]].t())
+                gW[k].addmm_(Eb[k - 1], Rt[k]).addmm_(DLb[k - 1], Fb[k].t())
             if gram:
-                M.addmm_(Ft[r0], R[r0].t())
-                torch.mm(gt[1], R[r0], out=P[r0]).neg_()            # (delta_0 W_0)^T = -G r_0^T
+                M.addmm_(Fb[0], Rt[0])
+                torch.mm(Gneg, Rb[0], out=Pb[0])                    # (delta_0 W_0)^T = -G r_0^T
             else:
-                DL0 = torch.mm(W[0], R[r0]).neg_()                   # delta_0^T
-                gW[0].addmm_(E0t.t(), R[r0].t()).addmm_(DL0, Ft[r0].t())
-                torch.mm(W[0].t(), DL0, out=P[r0])
-            Rsum.add_(R[r0])
+                DL0 = torch.mm(W[0], Rb[0]).neg_()                   # delta_0^T
+                gW[0].addmm_(E0t.t(), Rt[0]).addmm_(DL0, Fb[0].t())
+                torch.mm(W[0].t(), DL0, out=Pb[0])
+            Rsum.add_(Rb[0])
             Dsum.add_(DL)
             for k in range(1, L):
-                torch.mm(W[k].t(), DL[rows[k - 1]], out=P[rows[k]])
+                torch.mm(W[k].t(), DLb[k - 1], out=Pb[k])
             # tgt += c H u = c [delta_above - f''(z) * BACK * u - f'(z) * (delta W)]  (tgt may be u:
             # the term that reads u goes first)
             if Ht is not None:

@@ -12,7 +12,7 @@ def test_bench_tiny_json(tmp_path):
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
-        assert cli.main(["bench", "--tiny", "--ablation", "--threads", "1", "--json", str(out)]) == 0
+        assert cli.main(["bench", "--tiny", "--ablation", "--profile", "--threads", "1", "--json", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
     res = json.loads(out.read_text())
@@ -31,3 +31,8 @@ def test_bench_tiny_json(tmp_path):
         if c["kind"] == "bp":
             assert c["ratio_to_pc"] > 0
     assert res["rss_peak_mb"] > 0
+    # the profile: shares of the pc and bp cases sum to one, and the products are a real part
+    assert {"tiny/pc/T2", "tiny/bp/T2"} <= set(res["profile"])
+    for p in res["profile"].values():
+        assert abs(sum(p["shares"].values()) - 1.0) < 1e-9
+        assert p["shares"]["matmul"] > 0.01 and p["profiled_us_per_batch"] > 0
