@@ -184,17 +184,17 @@ def _data_error(x: torch.Tensor, W0: torch.Tensor, b0: torch.Tensor, F1: torch.T
     return torch.addmm(x, F1.t(), W0.t(), alpha=-1.0, out=out).sub_(b0)
 
 
-def _back(model: PCN, W: list, Fb: list, Eb: list, E0: Optional[torch.Tensor], gram: Optional[tuple],
+def _back(model: PCN, Wt: list, Fb: list, Eb: list, E0: Optional[torch.Tensor], gram: Optional[tuple],
           Bb: list) -> None:
     """BACK_{k+1} = W_k^T EPS_k (the rows of z[k] receive layer k's error): layer 0 from
     eps_0 (B x d_0), or under the Gram form ``gram`` = (c0, G): BACK_1 = c0 - G F_1 with
-    c0 = W_0^T (x - b_0)^T and G = W_0^T W_0.  Arguments are ``_blocks``."""
+    c0 = W_0^T (x - b_0)^T and G = W_0^T W_0.  ``Wt``: the W_k^T; the rest are ``_blocks``."""
     if gram is not None:
         torch.addmm(gram[0], gram[1], Fb[0], alpha=-1.0, out=Bb[0])
     else:
-        torch.mm(W[0].t(), E0.t(), out=Bb[0])
+        torch.mm(Wt[0], E0.t(), out=Bb[0])
     for k in range(1, model.L):
-        torch.mm(W[k].t(), Eb[k - 1], out=Bb[k])
+        torch.mm(Wt[k], Eb[k - 1], out=Bb[k])
 
 
 def _gram_terms(x: torch.Tensor, W0: torch.Tensor, b0: torch.Tensor) -> tuple:
@@ -263,7 +263,7 @@ def _stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, e
     L, dims, B = model.L, model.layers, x.shape[0]
     lay = _layout(model)
     W, b = list(model.W), list(model.b) + ([model.prior_mean] if model.prior_mean is not None else [])
-    bcol = [bl.unsqueeze(1) for bl in b]
+    bcol, Wt = [bl.unsqueeze(1) for bl in b], [Wk.t() for Wk in W]
     nudge = y is not None and w > 0.0
     s = 1.0 - w if nudge else 1.0
     gram = use_gram(model, B, T) if gram is None else gram
@@ -321,7 +321,7 @@ def _stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, e
     for t in range(1, T + 1):
         if rec is not None and rec.Z is not None:
             rec.Z[t - 1].copy_(Z)
-        _back(model, W, Fb, Eb, E0, gt, Bb)
+        _back(model, Wt, Fb, Eb, E0, gt, Bb)
         if full:   # keep f'(z), f''(z) * BACK for the adjoint; then f'(z) * BACK
             df_times(model, Z, FZ, ones, out=DFs[t - 1])
             if Hs is not None:
@@ -465,7 +465,7 @@ class _Unrolled(torch.autograd.Function):
                 _errors(model, W, bcol, _blocks(Zt, lay), FTb, ETb)
                 if not gram:
                     _data_error(x, W[0], b[0], FTb[0], out=E0T)
-                _back(model, W, FTb, ETb, E0T, gt, BKb)
+                _back(model, [Wk.t() for Wk in W], FTb, ETb, E0T, gt, BKb)
                 df_times(model, Zt, FT, ones, out=DFT)
                 if HT is not None:
                     d2f_times(model, Zt, FT, BK, out=HT)

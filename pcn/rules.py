@@ -67,7 +67,7 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
         model.b[l].grad = eps[l].sum(0).mul_(k)
     if model.prior_mean is not None:
         model.prior_mean.grad = eps[-1].sum(0).mul_(k)
-    E = layer_energies(eps).sum(0).mean()
+    E = torch.stack([torch.linalg.vector_norm(e) for e in eps]).square().sum() / (2 * B)   # mean_b E
     ce = _readout_grads(model, z[-1], y)
     out = {"loss": (1.0 - w) * E + w * ce, "energy": E, "ce": ce}
     if model.V is not None:
