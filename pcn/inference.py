@@ -34,8 +34,9 @@ environment variables PCN_GRAM, PCN_ADJOINT, PCN_COMPILE override the defaults):
           (about a quarter of the memory for one more forward step per backward step).
 ``compile``  torch.compile the no-grad T-step loop: False (default), True, or "auto" = only
           on CUDA, where the compiled loop replays as CUDA graphs.  Falls back to eager if
-          compiling fails.  Off by default: on CPU the ~20 % it saves per step does not repay
-          a compile per (batch shape, T) (docs/performance.md); on GPU it is unmeasured.
+          compiling fails.  Off by default: on CPU the 3-11 % it saves against the stacked
+          eager loop does not repay a compile per (batch shape, T) (docs/performance.md); on
+          GPU it is unmeasured.  (It compiles the out-of-place ``_infer_graph`` form.)
 """
 from __future__ import annotations
 
@@ -553,7 +554,7 @@ def _infer_graph(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, et
             back = torch.addmm(c0, fz[0], G, alpha=-1.0) if (l == 0 and gram) else eps[l] @ W[l]
             dfb = df_times(model, z[l], fz[l], back)
             g.append(eps[l + 1] - dfb if l + 1 < len(eps) else -dfb)
-        # The same operations, in the same order, as ``_forward_loop`` (bitwise-equal results).
+        # The same mathematics as ``_stacked_loop`` (out of place, per layer: equal up to rounding).
         s = [scale] * L
         if nudge:
             g[-1] = g[-1] * scale + _nudge_grad(model, z[-1], onehot, w)
