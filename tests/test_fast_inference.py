@@ -159,3 +159,39 @@ def test_compiled_loop_matches_eager():
         pytest.skip("torch.compile unavailable here (fell back to eager)")
     for a, b in zip(got.z + got.eps + got.fz, want.z + want.eps + want.fz):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _per_step_ops(model, x, z0, T, y, w):
+    """(ops, allocating ops) dispatched by the no-grad loop for T steps.  An op allocates when it
+    is neither in place, nor an ``out=`` variant, nor a view."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = [0, 0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            schema = func._schema
+            writes = any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
+            view = any(r.alias_info is not None for r in schema.returns)
+            counts[0] += 1
+            counts[1] += not writes and not view
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Count():
+        infer_state(model, x, z0, T, 0.1, y=y, w=w)
+    return counts
+
+
+@pytest.mark.parametrize("w", [0.0, 0.5])
+def test_no_grad_loop_allocates_nothing_per_step(w):
+    """Issue 5: the inference loop works in preallocated buffers.  The ops of one more step are a
+    fixed, small number, none of them allocates (with a label: only the two (classes x batch)
+    tensors of the nudge's softmax)."""
+    model, x, y = _setup("gelu", layers=(12, 9, 7, 4))
+    z0 = init_latents(model, x, "zeros")
+    inference.OPTIONS["gram"] = True
+    n3, a3 = _per_step_ops(model, x, z0, 3, y, w)
+    n6, a6 = _per_step_ops(model, x, z0, 6, y, w)
+    n7, a7 = _per_step_ops(model, x, z0, 7, y, w)
+    assert n7 - n6 == (n6 - n3) / 3 <= 30          # the same ops every step, a few dozen at most
+    assert a7 - a6 == (2 if w > 0 else 0)
