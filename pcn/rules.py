@@ -41,17 +41,17 @@ def _amortiser_grads(model: PCN, x: torch.Tensor, z: list[torch.Tensor],
     ``guess0``: V_0 x + a_0 if known (the amortised z_1^0: layer 0's input is x either way).
     Residuals are formed as (d x batch), the orientation of the inference's stacked buffers."""
     B = x.shape[0]
-    sq = []
+    res = []
     for l in range(model.L):
         inp = x if l == 0 else (fz[l - 1] if fz is not None else model.f(z[l - 1]))
         if l == 0 and guess0 is not None:
             r = torch.sub(guess0.t(), z[0].t())
         else:
             r = torch.addmm(model.a[l].unsqueeze(1), model.V[l], inp.t()).sub_(z[l].t())
-        model.V[l].grad = torch.mm(r, inp).div_(B)
+        model.V[l].grad = torch.addmm(model.V[l], r, inp, beta=0.0, alpha=1.0 / B)
         model.a[l].grad = r.mean(1)
-        sq.append(torch.linalg.vector_norm(r).square())
-    return torch.stack(sq).sum() / (2 * B)
+        res.append(r)
+    return torch.stack(torch._foreach_norm(res)).square().sum() / (2 * B)
 
 
 @torch.no_grad()
@@ -67,7 +67,7 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
         model.b[l].grad = eps[l].sum(0).mul_(k)
     if model.prior_mean is not None:
         model.prior_mean.grad = eps[-1].sum(0).mul_(k)
-    E = torch.stack([torch.linalg.vector_norm(e) for e in eps]).square().sum() / (2 * B)   # mean_b E
+    E = torch.stack(torch._foreach_norm(eps)).square().sum() / (2 * B)   # mean over the batch of E
     ce = _readout_grads(model, z[-1], y)
     out = {"loss": (1.0 - w) * E + w * ce, "energy": E, "ce": ce}
     if model.V is not None:
