@@ -1,5 +1,6 @@
 """The fast inference paths agree with the plain autograd formulation (issue 5):
-the in-place no-grad loop, the layer-0 Gram form, and the hand-written adjoint of ``bp``."""
+the stacked no-grad loop (in preallocated buffers), the layer-0 Gram form, and the hand-written
+adjoint of ``bp``."""
 import os
 
 import pytest
@@ -61,7 +62,7 @@ def test_adjoint_matches_autograd_through_the_loop(act, prior, momentum, gram):
 @pytest.mark.parametrize("prior", [False, True])
 @pytest.mark.parametrize("momentum", [0.0, 0.3])
 @pytest.mark.parametrize("w", [0.0, 0.6])
-def test_inplace_loop_and_gram_match_the_graph_loop(act, prior, momentum, w):
+def test_stacked_loop_and_gram_match_the_graph_loop(act, prior, momentum, w):
     model, x, y = _setup(act, prior)
     z0 = init_latents(model, x, "zeros")
     with torch.no_grad():
