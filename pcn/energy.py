@@ -95,6 +95,12 @@ def errors(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> list[torch.Ten
     return eps
 
 
+def mean_half_sq(parts: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """sum_l 1/2 ||parts_l||^2 / batch: with the errors eps_l, the batch mean of E (any
+    orientation, (B x d) or (d x B); one fused norm over all parts)."""
+    return torch.stack(torch._foreach_norm(parts)).square().sum() / (2 * batch)
+
+
 def layer_energies(eps: list[torch.Tensor]) -> torch.Tensor:
     """Per-layer, per-sample energies 1/2 ||eps_l||^2, shape (n_terms, batch)."""
     return torch.stack([0.5 * (e * e).sum(1) for e in eps])
@@ -114,6 +120,18 @@ def latent_grad(model: PCN, z: list[torch.Tensor], eps: list[torch.Tensor]) -> l
             g = g + eps[l]
         grads.append(g)
     return grads
+
+
+def onehot_t(model: PCN, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """onehot(y)^T, (classes x batch)."""
+    return F.one_hot(y, model.C.shape[0]).to(dtype).t().contiguous()
+
+
+def class_residual_t(model: PCN, zL_t: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """(softmax(C z_L + c) - onehot(y))^T, (classes x batch), from z_L^T (d_L x batch) and
+    ``onehot_t``: formed as (classes x batch) because torch's softmax over a short last
+    dimension is ~10x slower than over the first.  d CE / d z_L = residual^T C."""
+    return torch.softmax(torch.addmm(model.c.unsqueeze(1), model.C, zL_t), dim=0).sub_(onehot)
 
 
 def ce_latent_grad(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -45,11 +45,10 @@ import warnings
 from typing import Callable, NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 
 from torch.autograd.function import once_differentiable
 
-from pcn.energy import act, d2f_times, df_times
+from pcn.energy import act, class_residual_t, d2f_times, df_times, onehot_t
 from pcn.model import PCN
 
 StepCallback = Callable[[int, list, list, Optional[list]], None]
@@ -126,18 +125,11 @@ def infer_state(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta
     return _stacked_loop(model, x, z0, T, eta, y, w, momentum, callback)[0]
 
 
-def _onehot_t(model: PCN, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """onehot(y)^T, (classes, batch)."""
-    return F.one_hot(y, model.C.shape[0]).to(dtype).t().contiguous()
-
-
-def _nudge_grad(model: PCN, zL: torch.Tensor, onehot_t: torch.Tensor, w: float) -> torch.Tensor:
-    """w d CE / d z_L = w (softmax(C z_L + c) - onehot(y)) C, formed as (classes x batch):
-    torch's softmax over a short last dimension is ~10x slower than over the first.  (w is
-    applied before the product: torch.compile 2.14 on CPU drops the alpha of an add whose
-    operand is a matmul.)"""
-    p_t = torch.softmax(torch.addmm(model.c.unsqueeze(1), model.C, zL.t()), dim=0)
-    return ((p_t - onehot_t) * w).t() @ model.C
+def _nudge_grad(model: PCN, zL: torch.Tensor, onehot: torch.Tensor, w: float) -> torch.Tensor:
+    """w d CE / d z_L = w (softmax(C z_L + c) - onehot(y)) C, (batch x d_L).  (w is applied
+    before the product: torch.compile 2.14 on CPU drops the alpha of an add whose operand is a
+    matmul.)"""
+    return (class_residual_t(model, zL.t(), onehot) * w).t() @ model.C
 
 
 # ---- the stacked layout ----------------------------------------------------------------------
@@ -293,8 +285,8 @@ def _stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, e
     GR = torch.empty_like(Z) if momentum > 0 else None
     for k, z0k in enumerate(z0):
         Z[lay.rows[k]].copy_(z0k.t())
-    onehot = _onehot_t(model, y, x.dtype) if nudge else None
-    ccol, Ct = model.c.unsqueeze(1), model.C.t()
+    onehot = onehot_t(model, y, x.dtype) if nudge else None
+    Ct = model.C.t()
     data_each_step = not gram or callback is not None
 
     Zb, Bb = _blocks(Z, lay), _blocks(BACK, lay)
@@ -333,7 +325,7 @@ def _stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, e
         if callback is not None:
             z_prev = [Z[r].t().clone() for r in lay.rows]
         if nudge:
-            P = torch.softmax(torch.addmm(ccol, model.C, Zb[L - 1]), dim=0).sub_(onehot)
+            P = class_residual_t(model, Zb[L - 1], onehot)
         if V is None:
             Z.add_(EPS, alpha=-eta * s).add_(BACK, alpha=eta * s)
             if nudge:
@@ -445,7 +437,7 @@ class _Unrolled(torch.autograd.Function):
             E0T = None if gram else x.new_empty(B, dims[0])
             ones = torch.ones_like(FT)
             FTb, ETb, BKb = _blocks(FT, lay), _blocks(ET, lay), _blocks(BK, lay)
-            bcol = [bl.unsqueeze(1) for bl in b]
+            bcol, Wt = [bl.unsqueeze(1) for bl in b], [Wk.t() for Wk in W]
         # Without momentum u = -eta lam is carried directly (u <- u - eta H u); with momentum
         # lam and lv are, and u = lv - eta lam is formed per step.
         if momentum > 0:
@@ -466,7 +458,7 @@ class _Unrolled(torch.autograd.Function):
                 _errors(model, W, bcol, _blocks(Zt, lay), FTb, ETb)
                 if not gram:
                     _data_error(x, W[0], b[0], FTb[0], out=E0T)
-                _back(model, [Wk.t() for Wk in W], FTb, ETb, E0T, gt, BKb)
+                _back(model, Wt, FTb, ETb, E0T, gt, BKb)
                 df_times(model, Zt, FT, ones, out=DFT)
                 if HT is not None:
                     d2f_times(model, Zt, FT, BK, out=HT)
@@ -530,7 +522,7 @@ def _infer_graph(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, et
     prior = model.prior_mean
     nudge = y is not None and w > 0.0
     scale = 1.0 - w if nudge else 1.0
-    onehot = _onehot_t(model, y, x.dtype) if nudge else None
+    onehot = onehot_t(model, y, x.dtype) if nudge else None
     gram = use_gram(model, x.shape[0], T) if gram is None else gram
     if gram:
         c0 = (x - b[0]) @ W[0]

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pcn.energy import layer_energies
-from pcn.inference import _onehot_t, infer, infer_state, init_latents
+from pcn.energy import layer_energies, mean_half_sq, onehot_t
+from pcn.inference import infer, infer_state, init_latents
 from pcn.model import PCN
 
 
@@ -28,7 +28,7 @@ def _readout_grads(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     B = zL.shape[0]
     logp = torch.log_softmax(torch.addmm(model.c.unsqueeze(1), model.C, zL.t()), dim=0)
     ce = logp.gather(0, y.unsqueeze(0)).mean().neg()
-    p = logp.exp_().sub_(_onehot_t(model, y, zL.dtype))          # softmax - onehot, (classes x B)
+    p = logp.exp_().sub_(onehot_t(model, y, zL.dtype))          # softmax - onehot, (classes x B)
     model.C.grad = p @ zL / B
     model.c.grad = p.mean(1)
     return ce
@@ -51,7 +51,7 @@ def _amortiser_grads(model: PCN, x: torch.Tensor, z: list[torch.Tensor],
         model.V[l].grad = torch.addmm(model.V[l], r, inp, beta=0.0, alpha=1.0 / B)
         model.a[l].grad = r.mean(1)
         res.append(r)
-    return torch.stack(torch._foreach_norm(res)).square().sum() / (2 * B)
+    return mean_half_sq(res, B)
 
 
 @torch.no_grad()
@@ -67,7 +67,7 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
         model.b[l].grad = eps[l].sum(0).mul_(k)
     if model.prior_mean is not None:
         model.prior_mean.grad = eps[-1].sum(0).mul_(k)
-    E = torch.stack(torch._foreach_norm(eps)).square().sum() / (2 * B)   # mean over the batch of E
+    E = mean_half_sq(eps, B)
     ce = _readout_grads(model, z[-1], y)
     out = {"loss": (1.0 - w) * E + w * ce, "energy": E, "ce": ce}
     if model.V is not None:
