@@ -150,6 +150,22 @@ def _empty(ax, text: str) -> None:
     ax.set_yticks([])
 
 
+def _finish_ce_panel(ax, div: pd.DataFrame, key: str, y: str, colour, drawn: bool, empty: str, ylabel: str,
+                     title: str, row: int, n_rows: int, zorder: float | None = None) -> None:
+    """Finish one panel of a metric against the CE weight: diverged runs as x markers (one
+    colour per ``key`` group, ``colour(group)``), a note if nothing was drawn, the y label, the
+    title on the top row and the x label on the bottom row."""
+    for group, g in div.groupby(key):
+        ax.scatter(g["ce_weight"], pd.to_numeric(g[y]), marker="x", s=40, color=colour(group), zorder=zorder)
+    if not drawn and div.empty:
+        _empty(ax, empty)
+    ax.set_ylabel(ylabel)
+    if row == 0:
+        ax.set_title(title)
+    if row == n_rows - 1:
+        ax.set_xlabel("CE weight w")
+
+
 def _name(col: str) -> str:
     return _METRIC_NAMES.get(col, col.replace("_", " "))
 
@@ -213,16 +229,8 @@ def ce_weight(summary: pd.DataFrame, metrics=("test_acc", "recon_mse", "gen_mse"
                 ax.plot(g["ce_weight"], g[f"{m}_mean"], marker="o", ms=4, color=pal[label], label=label)
                 ax.fill_between(g["ce_weight"], g[f"{m}_mean"] - g[f"{m}_sd"],
                                 g[f"{m}_mean"] + g[f"{m}_sd"], color=pal[label], alpha=0.2, lw=0)
-            div = _finite(sub[sub["diverged"]], [m, "ce_weight"])
-            for label, g in div.groupby("label"):
-                ax.scatter(g["ce_weight"], pd.to_numeric(g[m]), marker="x", s=40, color=pal[label])
-            if st.empty and div.empty:
-                _empty(ax, "no finite results")
-            ax.set_ylabel(_name(m))
-            if i == 0:
-                ax.set_title(_title(facet, n_div))
-            if i == len(metrics) - 1:
-                ax.set_xlabel("CE weight w")
+            _finish_ce_panel(ax, _finite(sub[sub["diverged"]], [m, "ce_weight"]), "label", m, pal.get,
+                             not st.empty, "no finite results", _name(m), _title(facet, n_div), i, len(metrics))
         if axes[0][j].get_legend_handles_labels()[0]:
             axes[0][j].legend(fontsize=8)
     fig.suptitle("Test metrics vs CE weight (mean ± sd over seeds; x = diverged run)")
@@ -501,16 +509,10 @@ def probes(lp: pd.DataFrame, summary: pd.DataFrame | None = None,
                         ls="--" if ref else "-", color=lpal.get(layer, "0.3"), label=name)
                 ax.fill_between(g["ce_weight"], g["value_mean"] - g["value_sd"], g["value_mean"] + g["value_sd"],
                                 color=lpal.get(layer, "0.3"), alpha=0.15, lw=0)
-            div = _finite(tm[tm["diverged"]], ["value", "ce_weight"])
-            for layer, g in div.groupby("layer"):
-                ax.scatter(g["ce_weight"], g["value"], marker="x", s=40, color=lpal.get(layer, "0.3"), zorder=3)
-            if st.empty and div.empty:
-                _empty(ax, f"no {m} values")
-            ax.set_ylabel(names.get(m, _name(m)))
-            if i == 0:
-                ax.set_title(_title(" ".join(p for p in (facet, label) if p), _n_diverged_runs(sub)))
-            if i == len(rows) - 1:
-                ax.set_xlabel("CE weight w")
+            _finish_ce_panel(ax, _finite(tm[tm["diverged"]], ["value", "ce_weight"]), "layer", "value",
+                             lambda lay: lpal.get(lay, "0.3"), not st.empty, f"no {m} values",
+                             names.get(m, _name(m)), _title(" ".join(p for p in (facet, label) if p),
+                                                            _n_diverged_runs(sub)), i, len(rows), zorder=3)
         if axes[0][j].get_legend_handles_labels()[0]:
             axes[0][j].legend(fontsize=7)
     fig.suptitle("Linear probes per layer vs CE weight (mean ± sd over seeds; x = diverged run)")
