@@ -262,7 +262,7 @@ def inference(traces: pd.DataFrame, summary: pd.DataFrame | None = None,
         df = df[df["model"].astype(str) != "ae"]
     df = _prepare(df, _extra_factors(summary) if summary is not None else None)
     names = [m for m in (_first_present_metric(df, alts) for alts in metrics) if m]
-    panels = sorted({(f, lab) for f, lab in zip(df["facet"], df["label"])}) or [("", "")]
+    panels = _panels(df)
     rows = names or ["energy"]
     fig, axes = plt.subplots(len(rows), len(panels), figsize=(4.6 * len(panels), 3.3 * len(rows)),
                              squeeze=False, sharex=True)
@@ -278,26 +278,11 @@ def inference(traces: pd.DataFrame, summary: pd.DataFrame | None = None,
             if tm.empty:
                 _empty(ax, f"no {m} trace")
             else:
-                for w, g in tm.groupby("ce_weight", dropna=False):
-                    color = wpal.get(float(w), "0.3") if not pd.isna(w) else "0.3"
-                    ok = g[~g["diverged"]]
-                    if len(ok):
-                        mean = ok.groupby("step")["value"].agg(["mean", "std"]).reset_index().fillna(0.0)
-                        ax.plot(mean["step"], mean["mean"], color=color, lw=1.5, label=f"w={_fmt(w)}")
-                        ax.fill_between(mean["step"], mean["mean"] - mean["std"], mean["mean"] + mean["std"],
-                                        color=color, alpha=0.15, lw=0)
-                    for _, gr in g[g["diverged"]].groupby("run" if "run" in g else "seed"):
-                        gr = gr.sort_values("step")
-                        ax.plot(gr["step"], gr["value"], color=color, lw=1, ls="--")
-                        ax.scatter(gr["step"].iloc[-1:], gr["value"].iloc[-1:], marker="x", color=color, s=40)
+                _weight_lines(ax, tm, "step", "value", wpal, marker=None)
                 ax.set_xscale("symlog", linthresh=1)
                 if m in ("energy_total", "energy") and (tm["value"] > 0).all():
                     ax.set_yscale("log")
-            if "T" in sub and len(sub):
-                for t in sorted(pd.to_numeric(sub["T"], errors="coerce").dropna().unique()):
-                    ax.axvline(t, color="k", ls=":", lw=1)
-                    ax.annotate(f"train T={int(t)}", (t, 1.0), xycoords=("data", "axes fraction"),
-                                xytext=(2, -10), textcoords="offset points", fontsize=7)
+            _mark_T(ax, sub)
             ax.set_ylabel(_name(m))
             if i == 0:
                 ax.set_title(" ".join(p for p in (facet, label) if p) or "inference")
@@ -324,7 +309,7 @@ def curves(curves_df: pd.DataFrame, summary: pd.DataFrame | None = None,
     df = _join_summary(curves_df, summary)
     df = _prepare(df, _extra_factors(summary) if summary is not None else None)
     rows = [m for m in (_first_present(df, alts) for alts in metrics) if m] or ["epoch"]
-    panels = sorted({(f, lab) for f, lab in zip(df["facet"], df["label"])}) or [("", "")]
+    panels = _panels(df)
     fig, axes = plt.subplots(len(rows), len(panels), figsize=(4.4 * len(panels), 3.0 * len(rows)),
                              squeeze=False, sharex=True)
     wpal = _weight_palette(df["ce_weight"]) if "ce_weight" in df else {}
@@ -335,22 +320,7 @@ def curves(curves_df: pd.DataFrame, summary: pd.DataFrame | None = None,
             if m not in sub or "epoch" not in sub or sub.empty:
                 _empty(ax, f"no {m}")
                 continue
-            for w, g in sub.groupby("ce_weight", dropna=False):
-                color = wpal.get(float(w), "0.3") if not pd.isna(w) else "0.3"
-                ok = _finite(g[~g["diverged"]], [m, "epoch"])
-                if len(ok):
-                    vals = ok.assign(**{m: pd.to_numeric(ok[m])})
-                    mean = vals.groupby("epoch")[m].agg(["mean", "std"]).reset_index().fillna(0.0)
-                    ax.plot(mean["epoch"], mean["mean"], color=color, marker="o", ms=3, lw=1.5,
-                            label=f"w={_fmt(w)}")
-                    ax.fill_between(mean["epoch"], mean["mean"] - mean["std"], mean["mean"] + mean["std"],
-                                    color=color, alpha=0.15, lw=0)
-                bad = _finite(g[g["diverged"]], [m, "epoch"])
-                for _, gr in bad.groupby("run" if "run" in bad else "seed"):
-                    gr = gr.sort_values("epoch")
-                    ax.plot(gr["epoch"], pd.to_numeric(gr[m]), color=color, lw=1, ls="--")
-                    ax.scatter(gr["epoch"].iloc[-1:], pd.to_numeric(gr[m]).iloc[-1:], marker="x",
-                               color=color, s=40)
+            _weight_lines(ax, sub.assign(**{m: pd.to_numeric(sub[m], errors="coerce")}), "epoch", m, wpal)
             ax.set_ylabel(_name(m))
             if i == 0:
                 ax.set_title(" ".join(p for p in (facet, label) if p) or "training")
