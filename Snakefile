@@ -25,7 +25,7 @@ configfile: "config/config.yaml"
 # "clamp": null}'` works as in a config file.
 if workflow.basedir not in sys.path:
     sys.path.insert(0, workflow.basedir)
-from pcn.config import from_text  # noqa: E402
+from pcn.study.config import from_text  # noqa: E402
 
 if isinstance(config.get("probe"), dict):
     config["probe"] = from_text(config["probe"])

@@ -15,7 +15,7 @@ the same four matrices.  Per inference step PCX multiplies by each matrix once f
 input); ours back-projects all four, including the data error through W_0 (784 x 128), since
 z_1 is inferred from eps_0.  Nominal matmul work per step is therefore 4 + 4 matrix products
 here against 4 + 3 in PCX (68.8 vs 43.0 MFLOP at batch 128).  Our loop does not execute the
-nominal count: the Gram form (pcn.inference, OPTIONS["gram"]) replaces the two per-step
+nominal count: the Gram form (pcn.core.inference, OPTIONS["gram"]) replaces the two per-step
 784 x 128 products of the clamped layer by one 128 x 128 product.
 
 FLOP counts (2 per multiply-add, matmuls only; d_l = layers[l], B = batch; "nominal" is the
@@ -29,7 +29,7 @@ textbook algorithm, "executed" what this code runs):
                       (+ amortiser: its forward pass, and its local regression: forward for
                     layers >= 1 (layer 0 reuses the guess) + gradient)
     bp                the T forward steps (no nudge) + their backward pass: nominal 2 products
-                      per forward product; executed (adjoint in pcn.inference) 4 per layer and
+                      per forward product; executed (adjoint in pcn.core.inference) 4 per layer and
                       step, layer 0 under the Gram form 2 d_1 x d_1 ones; + final loss fwd/bwd
     infer             errors at z^0 + T steps (test mode, no label)
     baseline MLP      forward sum_i 2 B d_i d_{i+1}, backward 2x (no input gradient at layer 0)
@@ -160,7 +160,7 @@ def peak_step_memory(step: Callable[[], None], device: torch.device) -> int:
         step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    from pcn import inference
+    from pcn.core import inference
 
     inference._POOL.clear()              # count the adjoint's stacks as fresh allocations
     with _LiveBytes() as m:
@@ -213,11 +213,11 @@ def _cycle(xs, ys):
 
 
 def make_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
-    from pcn import config
-    from pcn.inference import infer, init_latents, use_gram
-    from pcn.model import PCN
-    from pcn.rules import RULES
-    from pcn.train import build_optimizer
+    from pcn.study import config
+    from pcn.core.inference import infer, init_latents, use_gram
+    from pcn.core.model import PCN
+    from pcn.core.rules import RULES
+    from pcn.study.train import build_optimizer
 
     nets = ["tiny"] if args.tiny else (["ref"] + ([] if args.quick else ["wide"]))
     cases: list[Case] = []
@@ -273,7 +273,7 @@ def make_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
                     def step(model=model, cfg=cfg, opt=opt, nxt=nxt, rule=RULES[kind]):
                         x, y = nxt()
                         terms = rule(model, x, y, cfg)
-                        [float(terms[k]) for k in ("loss", "energy", "ce")]  # as pcn.train does
+                        [float(terms[k]) for k in ("loss", "energy", "ce")]  # as pcn.study.train does
                         opt.step()
                 fl = flop_counts(kind, layers, B, T, gram, amort, kind == "pc" and cfg["ce_weight"] > 0)
                 cases.append(Case(f"{net}/{kind}/T{T}", net, kind, T, B, layers, step, fl, per_rep,
@@ -404,8 +404,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _variant(c: Case, tag: str, options: dict) -> Case:
-    """Case ``c`` run with pcn.inference.OPTIONS overridden."""
-    from pcn import inference
+    """Case ``c`` run with pcn.core.inference.OPTIONS overridden."""
+    from pcn.core import inference
 
     inner = c.step
 
@@ -423,7 +423,7 @@ def _variant(c: Case, tag: str, options: dict) -> Case:
 
 def _compile_cases(cases: list[Case], log) -> list[Case]:
     """The infer and pc cases under torch.compile, with their compile time."""
-    from pcn import inference
+    from pcn.core import inference
 
     out = []
     for c in [c for c in cases if c.kind in ("infer", "pc") and "variant" not in c.extra]:
@@ -522,7 +522,7 @@ def format_profile(prof: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from pcn.cli import _threads
-    from pcn.train import pick_device
+    from pcn.study.train import pick_device
 
     _threads(args.threads)
     device = pick_device(args.device)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 # Subcommands implemented in their own modules, each with add_arguments(parser) and run(args).
-PLUGINS = {"aggregate": "pcn.aggregate", "figure": "pcn.figures", "probe": "pcn.probe", "bench": "pcn.bench"}
+PLUGINS = {"aggregate": "pcn.outputs.aggregate", "figure": "pcn.outputs.figures", "probe": "pcn.study.probe", "bench": "pcn.bench"}
 
 
 def _threads(n: int | None) -> None:
@@ -21,7 +21,7 @@ def _threads(n: int | None) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pcn import config, train
+    from pcn.study import config, train
 
     try:
         cfg = config.load(args.config, args.set)
@@ -48,7 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from pcn import data
+    from pcn.study import data
 
     try:
         folder = data.locate(args.dataset, args.data_dir, args.data_root)

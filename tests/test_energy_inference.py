@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from pcn.energy import ce_latent_grad, cross_entropy, energy, errors, latent_grad
-from pcn.inference import infer, init_latents
-from pcn.model import PCN
+from pcn.core.energy import ce_latent_grad, cross_entropy, energy, errors, latent_grad
+from pcn.core.inference import infer, init_latents
+from pcn.core.model import PCN
 
 
 def _setup(act="tanh", prior=False, seed=0, B=5, layers=(12, 9, 7, 4)):

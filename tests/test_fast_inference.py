@@ -6,10 +6,10 @@ import os
 import pytest
 import torch
 
-from pcn import inference
-from pcn.energy import cross_entropy, layer_energies
-from pcn.inference import _infer_graph, infer, infer_state, init_latents
-from pcn.model import PCN
+from pcn.core import inference
+from pcn.core.energy import cross_entropy, layer_energies
+from pcn.core.inference import _infer_graph, infer, infer_state, init_latents
+from pcn.core.model import PCN
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pcn import aggregate as agg
-from pcn import figures
-from pcn.config import resolve
-from pcn.naming import run_dir
+from pcn.outputs import aggregate as agg
+from pcn.outputs import figures
+from pcn.study.config import resolve
+from pcn.outputs.naming import run_dir
 
 D = 784  # 28 x 28 images
 WEIGHTS = (0.0, 0.5, 1.0)

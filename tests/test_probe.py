@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pcn import alignment, clamp, config, linear_probe, probe
-from pcn.energy import energy, errors
-from pcn.evaluate import evaluate
-from pcn.inference import infer, init_latents
-from pcn.model import PCN
-from pcn.train import train
+from pcn.study import alignment, clamp, config, linear_probe, probe, store
+from pcn.core.energy import energy, errors
+from pcn.study.evaluate import evaluate
+from pcn.core.inference import infer, init_latents
+from pcn.core.model import PCN
+from pcn.study.train import train
 
 MNIST_DIR = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist").resolve()
 TINY = dict(train_subset=1000, test_subset=300, val_size=200, eval_train_size=200, layers=[784, 32, 16],
@@ -80,7 +80,7 @@ def test_trace_schema_and_finite_for_stable_run(loaded):
     lay = per_layer[per_layer.metric == "energy"].groupby("step").value.sum()
     np.testing.assert_allclose(lay.values, net.energy.values, rtol=1e-4)
     assert net.energy.iloc[-1] < net.energy.iloc[0]
-    # at the eval T the trace agrees with pcn.evaluate
+    # at the eval T the trace agrees with pcn.study.evaluate
     ev = evaluate(model, x, y, cfg, torch.device("cpu"))
     assert net.acc[cfg["T"]] == pytest.approx(ev["acc"]) and net.recon_mse[cfg["T"]] == pytest.approx(ev["recon_mse"], rel=1e-4)
 
@@ -171,8 +171,8 @@ def test_pc_bp_alignment_tends_to_one_at_equilibrium():
 
 def test_alignment_from_saved_model_and_checkpoint(pc_run, loaded):
     model, cfg, ds = loaded
-    m1, c1, e1 = alignment.load_weights(pc_run / "model.pt")
-    m2, c2, e2 = alignment.load_weights(pc_run / "ckpt.pt")
+    m1, c1, e1 = store.load_weights(pc_run / "model.pt")
+    m2, c2, e2 = store.load_weights(pc_run / "ckpt.pt")
     assert e1 is None and e2 == TINY["epochs"] and c1 == c2 == cfg
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     rows = alignment.alignment_table([("final", 3, m1), ("ckpt", e2, m2)], ds.train.x[:32], ds.train.y[:32],
@@ -266,7 +266,7 @@ def test_cli_on_a_diverged_run_writes_nan_not_errors(diverged_run, tmp_path):
 
 
 def test_images_match_evaluate(loaded):
-    """recon and gen of --images are what recon_mse and gen_mse of pcn.evaluate measure."""
+    """recon and gen of --images are what recon_mse and gen_mse of pcn.study.evaluate measure."""
     model, cfg, ds = loaded
     x, y = ds.test.x[:50], ds.test.y[:50]
     im = probe.image_arrays(model, x, y, cfg)

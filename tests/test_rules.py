@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcn import config
-from pcn.ae import AE, ae_grads
-from pcn.energy import cross_entropy, energy, layer_energies
-from pcn.inference import infer, init_latents
-from pcn.model import PCN
-from pcn.rules import bp_grads, pc_grads
+from pcn.study import config
+from pcn.core.ae import AE, ae_grads
+from pcn.core.energy import cross_entropy, energy, layer_energies
+from pcn.core.inference import infer, init_latents
+from pcn.core.model import PCN
+from pcn.core.rules import bp_grads, pc_grads
 
 
 def _cfg(**kw):
@@ -72,7 +72,7 @@ def test_pc_update_depends_on_trajectory_only_through_its_end():
     model, x, y = _setup(cfg)
     with torch.no_grad():
         zstar, _ = infer(model, x, init_latents(model, x, "zeros"), 9, 0.1, y=y, w=0.4)
-    import pcn.rules as rules
+    import pcn.core.rules as rules
 
     orig = rules.init_latents
     try:

@@ -14,7 +14,7 @@ twice, in two temporary copies of the repository:
   the command line (``--slurm-status-command squeue``, the first status poll after 2 s, a
   5 s latency wait); the profile's partition is created in the test cluster when it lacks it.
   One train job is made to fail once after its first epoch's checkpoint
-  (PCN_FAIL_ONCE_AFTER_EPOCH / PCN_FAIL_ONCE_MARKER, see pcn/train.py), so the profile's
+  (PCN_FAIL_ONCE_AFTER_EPOCH / PCN_FAIL_ONCE_MARKER, see pcn/study/train.py), so the profile's
   ``retries`` must resubmit it and the run must resume from its checkpoint.
 
 It asserts the outputs of the local end-to-end run (tables, figures, logs), metrics, curves,
@@ -177,7 +177,7 @@ def same_tensors(x, y, where: str) -> None:
 
 
 def test_fail_once_injection_resumes_identically(tmp_path, monkeypatch, capsys, mnist_dir):
-    """The test-only fault injection of pcn/train.py, without SLURM: exit 3 right after the
+    """The test-only fault injection of pcn/study/train.py, without SLURM: exit 3 right after the
     checkpoint of epoch 1, once; started again, the run resumes and ends bitwise equal."""
     from pcn.cli import main
 

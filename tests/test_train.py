@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pcn import config, data
-from pcn.evaluate import evaluate
-from pcn.train import load_model, train
+from pcn.study import config, data
+from pcn.study.evaluate import evaluate
+from pcn.study.store import load_model
+from pcn.study.train import train
 
 TINY = dict(train_subset=600, test_subset=300, val_size=200, eval_train_size=200, layers=[784, 32, 16],
             epochs=2, batch_size=100, T=5)

@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pcn import aggregate as agg
-from pcn import figures
-from pcn.config import resolve
-from pcn.naming import fmt_value, parse_run_dir, run_dir
+from pcn.outputs import aggregate as agg
+from pcn.outputs import figures
+from pcn.study.config import resolve
+from pcn.outputs.naming import fmt_value, parse_run_dir, run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "Snakefile"

@@ -12,8 +12,8 @@ import sys
 if workflow.basedir not in sys.path:
     sys.path.insert(0, workflow.basedir)
 
-from pcn import config as pcn_config  # noqa: E402
-from pcn.naming import fmt_value, run_dir  # noqa: E402
+from pcn.study import config as pcn_config  # noqa: E402
+from pcn.outputs.naming import fmt_value, run_dir  # noqa: E402
 
 RUNS_ROOT = "results/runs"
 

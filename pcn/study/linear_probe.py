@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pcn.evaluate import eval_T
-from pcn.inference import infer, init_latents
-from pcn.model import N_CLASSES, PCN
+from pcn.study.evaluate import eval_T
+from pcn.core.inference import infer, init_latents
+from pcn.core.model import N_CLASSES, PCN
 
 COLUMNS = ["step", "layer", "metric", "value"]
 METRICS = ("probe_acc", "probe_train_acc", "probe_ce", "ridge_mse", "ridge_r2", "dim")

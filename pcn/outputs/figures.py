@@ -2,7 +2,7 @@
 
 Each figure is one function taking DataFrames and returning a matplotlib
 ``Figure``; :func:`save` writes it as PNG and PDF.  Tables (see
-``pcn.aggregate``): ``summary.csv`` (one row per run), ``curves.csv`` (run x
+``pcn.outputs.aggregate``): ``summary.csv`` (one row per run), ``curves.csv`` (run x
 epoch), ``traces.csv`` (run x step x layer x metric), ``sensitivity.csv`` (run x
 test-time eta x T x metric), ``linear_probes.csv`` (run x step x layer x metric),
 ``alignment.csv`` (run x epoch x layer x metric), ``clamp.csv`` (run x mode x
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from pcn.naming import fmt_value  # noqa: E402
+from pcn.outputs.naming import fmt_value  # noqa: E402
 
 #: Columns that identify a run but are not drawn as separate lines.
 _NOT_LABEL = {"run", "dataset", "model", "rule", "ce_weight", "seed", "T"}
@@ -91,7 +91,7 @@ def _fmt(v) -> str:
 
 def _extra_factors(summary: pd.DataFrame) -> list[str]:
     """Swept factors besides the standard ones (they become part of the line label)."""
-    from pcn.aggregate import factor_columns  # local: keep import light
+    from pcn.outputs.aggregate import factor_columns  # local: keep import light
 
     return [c for c in factor_columns(summary) if c not in _NOT_LABEL and c != "T"] + (
         ["T"] if "T" in summary and summary["T"].astype(str).nunique() > 1 else []
@@ -580,7 +580,7 @@ def _image_index(table: dict, summary: pd.DataFrame | None) -> pd.DataFrame:
     """One row per image of the images table (``row`` = its row in ``pixels``, ``cls`` = its
     class) with its run's factors, line label (``line``), panel (``facet``) and diverged flag;
     factors missing from the summary are read from the run folder name."""
-    from pcn.naming import parse_run_dir
+    from pcn.outputs.naming import parse_run_dir
 
     idx = pd.DataFrame({"run": table["run"], "kind": table["kind"], "pos": table["pos"], "cls": table["label"]})
     idx["row"] = np.arange(len(idx))
@@ -717,7 +717,7 @@ def _read(path: str | None, what: str, required: bool):
                              f"{'NPZ' if what == 'images' else 'CSV'}")
         return None
     if what == "images":
-        from pcn.aggregate import read_images
+        from pcn.outputs.aggregate import read_images
 
         return read_images(path)
     return pd.read_csv(path)

@@ -19,13 +19,14 @@ from typing import Callable
 
 import torch
 
-from pcn import config as config_mod
-from pcn import data
-from pcn.ae import AE, ae_grads
-from pcn.alignment import grad_alignment
-from pcn.evaluate import evaluate
-from pcn.model import PCN
-from pcn.rules import RULES
+from pcn.study import config as config_mod
+from pcn.study import data
+from pcn.core.ae import AE, ae_grads
+from pcn.study.alignment import grad_alignment
+from pcn.study.evaluate import evaluate
+from pcn.study.store import atomic_save, build_model, write_text
+from pcn.core.model import PCN
+from pcn.core.rules import RULES
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_energy", "train_ce", "train_acc", "val_acc", "test_acc",
                   "recon_mse", "gen_mse", "energy", "seconds", "diverged"]
@@ -33,14 +34,6 @@ ALIGN_COLUMNS = ["epoch", "layer", "metric", "value"]
 ALIGN_BATCH = 128  # the first 128 training images: the fixed batch of the alignment log
 # Keys that say where data lives, not what is computed: they may change on resume.
 LOCATION_KEYS = ("data_dir", "data_root")
-
-
-def build_model(cfg: dict) -> torch.nn.Module:
-    """The model a config describes, initialised from its seed."""
-    if cfg["model"] == "ae":
-        return AE(cfg["layers"], cfg["ae_hidden_activation"], seed=cfg["seed"])
-    return PCN(cfg["layers"], cfg["activation"], prior=cfg["prior"],
-               amortised=cfg["init"] == "amortised", seed=cfg["seed"])
 
 
 def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
@@ -69,26 +62,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
     return torch.device(name)
-
-
-def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Load a model.pt written by ``train``: (model, config)."""
-    blob = torch.load(path, map_location=device, weights_only=False)
-    model = build_model(blob["config"])
-    model.load_state_dict(blob["state"])
-    return model.to(device), blob["config"]
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _clean(v):
@@ -164,7 +137,7 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
     ckpt_path = Path(ckpt_dir or out) / "ckpt.pt"
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
-    _write_text(out / "config.json", config_mod.dumps(cfg))
+    write_text(out / "config.json", config_mod.dumps(cfg))
 
     ds = data.load(cfg)
     train_x, train_y = ds.train.x.to(dev), ds.train.y.to(dev)
@@ -222,7 +195,7 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
         if diverged_at:
             log(f"epoch {epoch}: DIVERGED at batch {diverged_at[1]} (non-finite loss); stopping")
             break
-        _atomic_save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+        atomic_save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                       "rows": rows, "align": align, "config": cfg, "elapsed": elapsed}, ckpt_path)
         _fail_once_after(epoch, out)
         log(f"epoch {epoch}/{cfg['epochs']} loss {row['train_loss']:.4f} test_acc {te['acc']:.4f} "
@@ -237,6 +210,6 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
                   "diverged": diverged_at is not None,
                   "diverged_epoch": diverged_at[0] if diverged_at else None,
                   "diverged_batch": diverged_at[1] if diverged_at else None})
-    _atomic_save({"config": cfg, "state": {k: v.cpu() for k, v in model.state_dict().items()}}, out / "model.pt")
-    _write_text(out / "final.json", json.dumps(final, indent=2))
+    atomic_save({"config": cfg, "state": {k: v.cpu() for k, v in model.state_dict().items()}}, out / "model.pt")
+    write_text(out / "final.json", json.dumps(final, indent=2))
     return final

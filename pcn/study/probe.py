@@ -8,8 +8,8 @@ momentum, on the first ``--n-test`` images of the run's test split.
 See docs/probing.md for every table's columns.
 
 This module holds the traces, the test-time sensitivity and the command line; the linear
-probes, the gradient alignment and the clamping modes live in pcn/linear_probe.py,
-pcn/alignment.py and pcn/clamp.py.
+probes, the gradient alignment and the clamping modes live in pcn/study/linear_probe.py,
+pcn/study/alignment.py and pcn/study/clamp.py.
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pcn import data
-from pcn.inference import infer, init_latents
-from pcn.model import PCN
+from pcn.study import data
+from pcn.core.inference import infer, init_latents
+from pcn.core.model import PCN
 
 TRACE_COLUMNS = ["step", "layer", "metric", "value"]
 SENSITIVITY_COLUMNS = ["eta_factor", "eta", "T", "metric", "value"]
@@ -44,7 +44,7 @@ def load_run(run_dir: str | Path, device: str = "cpu",
              data_dir: str | None = None) -> tuple[torch.nn.Module, dict, data.Dataset]:
     """(model, config, dataset) of a trained run folder (model.pt; data as the run saw it,
     its data_dir replaced by ``data_dir`` when given)."""
-    from pcn.train import load_model  # late import: train imports much of the package
+    from pcn.study.store import load_model
 
     model, cfg = load_model(Path(run_dir) / "model.pt", device)
     model.eval()
@@ -69,7 +69,7 @@ def record_steps(T_train: int, T_probe: int, n_log: int = 30) -> list[int]:
 # ----------------------------------------------------------------------------- traces
 
 class TraceRecorder:
-    """Callback for ``pcn.inference.infer`` that sums per-sample metrics over batches at the
+    """Callback for ``pcn.core.inference.infer`` that sums per-sample metrics over batches at the
     recorded steps, and finds the first step at which any latent became non-finite."""
 
     def __init__(self, model: PCN, steps: list[int]):
@@ -194,12 +194,12 @@ def image_arrays(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: 
 
     - ``x``: the images; ``y``: their labels (int64);
     - ``recon``: mu_0, the model's own prediction of x after test-mode inference for eval T
-      steps (x clamped), as ``recon_mse`` in pcn/evaluate.py;
+      steps (x clamped), as ``recon_mse`` in pcn/study/evaluate.py;
     - ``gen``: the pure top-down pass ``model.generate(z_L)`` from the inferred top latent
       alone, as ``gen_mse``.
     An ``ae`` has no inference: ``recon`` and ``gen`` are both its decoder output x_hat.
     Non-finite values (a diverged run) are kept as they are (nan / inf)."""
-    from pcn.evaluate import eval_T
+    from pcn.study.evaluate import eval_T
 
     if isinstance(model, PCN):
         z, eps = infer(model, x, init_latents(model, x, cfg["init"]), eval_T(cfg), cfg["eta"],
@@ -275,8 +275,8 @@ def _timed(log: Callable[[str], None], what: str, fn: Callable[[], pd.DataFrame]
 def _alignment(args: argparse.Namespace, model: torch.nn.Module, cfg: dict, ds: data.Dataset) -> pd.DataFrame:
     """The alignment table of a run: initial weights (rebuilt from the seed), final weights and
     any --checkpoints, at the run's w and at w = 0."""
-    from pcn import alignment
-    from pcn.train import build_model
+    from pcn.study import alignment
+    from pcn.study.store import build_model, load_weights
 
     if not isinstance(model, PCN):
         return pd.DataFrame(columns=alignment.COLUMNS)
@@ -284,7 +284,7 @@ def _alignment(args: argparse.Namespace, model: torch.nn.Module, cfg: dict, ds: 
     final = json.loads((Path(args.run) / "final.json").read_text()) if (Path(args.run) / "final.json").exists() else {}
     sources = [("init", 0, build_model(cfg).to(dev)), ("final", final.get("epochs_done"), model)]
     for path in args.checkpoints:
-        m, _, epoch = alignment.load_weights(path, str(dev))
+        m, _, epoch = load_weights(path, str(dev))
         sources.append((Path(path).stem, epoch, m))
     x, y = ds.train.x[:args.align_batch].to(dev), ds.train.y[:args.align_batch].to(dev)
     ws = sorted({float(cfg["ce_weight"]), 0.0})
@@ -294,8 +294,8 @@ def _alignment(args: argparse.Namespace, model: torch.nn.Module, cfg: dict, ds: 
 
 def run(args: argparse.Namespace) -> int:
     """``pcn probe``: load the run, write the requested tables."""
-    from pcn import clamp, linear_probe
-    from pcn.train import pick_device
+    from pcn.study import clamp, linear_probe
+    from pcn.study.train import pick_device
 
     log = lambda s: print(f"pcn probe: {s}", file=sys.stderr, flush=True)  # noqa: E731
     outputs = ("out", "sensitivity", "linear_probes", "alignment", "clamp", "images")

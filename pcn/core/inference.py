@@ -3,7 +3,7 @@
     F(z) = (1 - w) E(z; x) + w CE(C z_L + c, y)       (w = 0 or y = None: F = E)
     v <- m v + dF/dz;   z <- z - eta v                 (m = 0: plain gradient descent)
 
-with (pcn.energy) dE/dz_l = [eps_l] - f'(z_l) * (eps_{l-1} W_{l-1}), all layers updated from
+with (pcn.core.energy) dE/dz_l = [eps_l] - f'(z_l) * (eps_{l-1} W_{l-1}), all layers updated from
 the same state z^t (a simultaneous, Jacobi-style step).
 
 One function serves training, evaluation and probing.  Under ``torch.no_grad`` it is a
@@ -48,8 +48,8 @@ import torch
 
 from torch.autograd.function import once_differentiable
 
-from pcn.energy import act, class_residual_t, d2f_times, df_times, onehot_t
-from pcn.model import PCN
+from pcn.core.energy import act, class_residual_t, d2f_times, df_times, onehot_t
+from pcn.core.model import PCN
 
 StepCallback = Callable[[int, list, list, Optional[list]], None]
 
@@ -601,7 +601,7 @@ def _run_compiled(fn, model: PCN, x: torch.Tensor, z0: list, T: int, eta: float,
 
 
 def _disable_compile(err: Exception) -> None:
-    warnings.warn(f"pcn.inference: torch.compile unavailable ({type(err).__name__}: {err}); using eager",
+    warnings.warn(f"pcn.core.inference: torch.compile unavailable ({type(err).__name__}: {err}); using eager",
                   RuntimeWarning, stacklevel=3)
     OPTIONS["compile"] = False
     _COMPILED["fn"] = None

@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pcn.energy import cross_entropy, errors, latent_grad
-from pcn.evaluate import eval_T
-from pcn.inference import infer, init_latents
-from pcn.model import N_CLASSES, PCN
+from pcn.core.energy import cross_entropy, errors, latent_grad
+from pcn.study.evaluate import eval_T
+from pcn.core.inference import infer, init_latents
+from pcn.core.model import N_CLASSES, PCN
 
 COLUMNS = ["mode", "label", "metric", "value"]
 
@@ -91,7 +91,7 @@ def top_down(model: PCN, zL: torch.Tensor) -> list[torch.Tensor]:
 
 def _step(z: list[torch.Tensor], g: list[torch.Tensor], vel: list[torch.Tensor] | None,
           eta: float, momentum: float) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """One (momentum) gradient-descent step on a list of states, as in pcn.inference.infer."""
+    """One (momentum) gradient-descent step on a list of states, as in pcn.core.inference.infer."""
     if momentum > 0:
         vel = [momentum * v + gl for v, gl in zip(vel or [torch.zeros_like(gl) for gl in g], g)]
         g = vel

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from pcn.model import N_CLASSES
+from pcn.core.model import N_CLASSES
 
 _ACT = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 

@@ -34,7 +34,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from pcn.naming import fmt_value, parse_run_dir
+from pcn.outputs.naming import fmt_value, parse_run_dir
 
 #: Factor columns always carried into the curves and traces tables (when the
 #: runs have them); config keys that differ between runs are added to these.
@@ -99,7 +99,7 @@ def factor_columns(summary: pd.DataFrame) -> list[str]:
 
     Where the data lives (``data_dir``, ``data_root``) is not a factor.
     """
-    from pcn.config import defaults
+    from pcn.study.config import defaults
 
     config_keys = set(defaults()) - NOT_FACTORS
     cols = [c for c in KEY_FACTORS if c in summary]

@@ -12,10 +12,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pcn.ae import AE
-from pcn.energy import layer_energies
-from pcn.inference import infer, init_latents
-from pcn.model import PCN
+from pcn.core.ae import AE
+from pcn.core.energy import layer_energies
+from pcn.core.inference import infer, init_latents
+from pcn.core.model import PCN
 
 
 def eval_T(cfg: dict) -> int:

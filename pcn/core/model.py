@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from pcn import activations
+from pcn.core import activations
 
 N_CLASSES = 10
 

@@ -1,6 +1,6 @@
 """PC-vs-BP gradient alignment (spec 4): for the same weights and the same batch, the cosine
-between the PC weight update (``pcn.rules.pc_grads``: -dF/dtheta at the final latents of the
-label-nudged inference) and the BP gradient of the same objective (``pcn.rules.bp_grads``:
+between the PC weight update (``pcn.core.rules.pc_grads``: -dF/dtheta at the final latents of the
+label-nudged inference) and the BP gradient of the same objective (``pcn.core.rules.bp_grads``:
 d/dtheta [(1 - w) E(z^T) + w CE(z^T_L)] through the unrolled inference), per generative layer.
 
 Theory: at w = 0 and an inference run to a fixed point (dE/dz = 0), the envelope theorem gives
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from pcn.model import PCN
-from pcn.rules import bp_grads, pc_grads
+from pcn.core.model import PCN
+from pcn.core.rules import bp_grads, pc_grads
 
 COLUMNS = ["source", "epoch", "w", "T", "layer", "metric", "value"]
 
@@ -68,17 +68,6 @@ def grad_alignment(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> l
     flat_bp = torch.cat([g.flatten() for g in bp.values()])
     rows.append(dict(layer="all", metric="cos", value=_cosine(flat_pc, flat_bp)))
     return rows
-
-
-def load_weights(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict, int | None]:
-    """A model from a saved model.pt (keys config, state) or a training checkpoint ckpt.pt
-    (keys config, model, epoch): (model, config, epoch or None)."""
-    from pcn.train import build_model  # late import: train imports much of the package
-
-    blob = torch.load(path, map_location=device, weights_only=False)
-    model = build_model(blob["config"])
-    model.load_state_dict(blob["state"] if "state" in blob else blob["model"])
-    return model.to(device), blob["config"], blob.get("epoch")
 
 
 def alignment_table(sources: list[tuple[str, int | None, PCN]], x: torch.Tensor, y: torch.Tensor,

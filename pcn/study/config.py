@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).with_name("train_schema.yaml")
+SCHEMA_PATH = Path(__file__).parents[1] / "train_schema.yaml"
 
 
 class ConfigError(ValueError):

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pcn.energy import layer_energies, mean_half_sq, onehot_t
-from pcn.inference import infer, infer_state, init_latents
-from pcn.model import PCN
+from pcn.core.energy import layer_energies, mean_half_sq, onehot_t
+from pcn.core.inference import infer, infer_state, init_latents
+from pcn.core.model import PCN
 
 
 def _readout_grads(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pcn.model import PCN
+from pcn.core.model import PCN
 
 _LOG_INV_SQRT_2PI = -0.9189385332046727  # log(1 / sqrt(2 pi))
 

@@ -1,0 +1,1 @@
+"""What a study writes and draws: run naming, aggregated tables and figures."""

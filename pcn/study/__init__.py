@@ -1,0 +1,1 @@
+"""One study run: config, data, training, evaluation, probing, clamping and alignment."""
