@@ -85,14 +85,14 @@ def validate(cfg: dict) -> dict:
 
 
 def resolve(base: dict | None = None, overrides: dict | None = None) -> dict:
-    """Defaults <- ``base`` <- ``overrides``, validated.  ``ae`` runs record rule ``bp``."""
+    """Defaults <- ``base`` <- ``overrides``, validated.  ``ae`` and ``cre`` runs record rule ``bp``."""
     cfg = defaults()
     for source in (base or {}), (overrides or {}):
         if not isinstance(source, dict):
             raise ConfigError(f"a config must be a mapping of keys to values, got {type(source).__name__}")
         cfg.update(copy.deepcopy(source))
     validate(cfg)
-    if cfg["model"] == "ae":
+    if cfg["model"] in ("ae", "cre"):
         cfg["rule"] = "bp"
     return cfg
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from pcn.core.ae import AE
+from pcn.core.cre import CRE
 from pcn.core.model import PCN
 
 
@@ -16,6 +17,8 @@ def build_model(cfg: dict) -> torch.nn.Module:
     """The model a config describes, initialised from its seed."""
     if cfg["model"] == "ae":
         return AE(cfg["layers"], cfg["ae_hidden_activation"], seed=cfg["seed"])
+    if cfg["model"] == "cre":
+        return CRE(cfg["cre_size"], cfg["latent"], seed=cfg["seed"])
     return PCN(cfg["layers"], cfg["activation"], prior=cfg["prior"],
                amortised=cfg["init"] == "amortised", seed=cfg["seed"])
 

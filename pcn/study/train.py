@@ -53,7 +53,7 @@ def build_scheduler(cfg: dict, opt: torch.optim.Optimizer, n_batches: int):
 
 
 def grads_fn(cfg: dict) -> Callable:
-    return ae_grads if cfg["model"] == "ae" else RULES[cfg["rule"]]
+    return ae_grads if cfg["model"] in ("ae", "cre") else RULES[cfg["rule"]]
 
 
 def pick_device(name: str) -> torch.device:
