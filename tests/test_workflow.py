@@ -106,6 +106,18 @@ def test_default_config_uses_local_mnist():
     assert "does not exist" not in res.stdout
 
 
+def test_thesis_config_uses_local_data():
+    """The thesis study runs offline here too: both datasets from ../shared/data/{dataset}."""
+    cfg = yaml.safe_load((ROOT / "config" / "thesis.yaml").read_text())
+    for ds in ("mnist", "fashionmnist"):
+        assert Path(ROOT / cfg["data_dir"].replace("{dataset}", ds)).resolve() == MNIST_DIR.parent / ds
+    res = snakemake("results/data/mnist.done", "results/data/fashionmnist.done",  # before --configfile (nargs +)
+                    "-n", "-F", "--cores", "2", "--nolock", "-p", "--configfile", "config/thesis.yaml")
+    assert res.returncode == 0, res.stdout[-2000:]
+    assert "--data-dir ../shared/data/mnist" in res.stdout and "--data-dir ../shared/data/fashionmnist" in res.stdout
+    assert "does not exist" not in res.stdout
+
+
 def test_lint_only_software_deployment_warnings():
     res = snakemake("--lint")
     lints = {m.strip() for m in re.findall(r"^\s+\* (.+?):?$", res.stdout, flags=re.M)}
