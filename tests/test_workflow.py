@@ -74,7 +74,7 @@ def test_run_dir_order_and_roundtrip():
 # --------------------------------------------------------------------------- dry runs
 @pytest.mark.parametrize(
     "configfile, train_jobs, probe_jobs, data_jobs",
-    [(None, 30, 20, 1), ("config/test.yaml", 6, 4, 1), ("config/thesis.yaml", 300, 200, 2)],
+    [(None, 30, 20, 1), ("config/test.yaml", 6, 4, 1), ("config/thesis.yaml", 400, 200, 2)],
 )
 def test_dry_run_shipped_configs(configfile, train_jobs, probe_jobs, data_jobs):
     args = ["-n", "-F", "--cores", "2", "--nolock", "-p"]
@@ -89,7 +89,7 @@ def test_dry_run_shipped_configs(configfile, train_jobs, probe_jobs, data_jobs):
     for rule in ("aggregate", "aggregate_traces", "figure_tradeoff", "figure_ce_weight",
                  "figure_inference", "figure_curves", "all"):
         assert counts[rule] == 1, rule
-    assert "model~ae/rule~pc" not in res.stdout
+    assert "model~ae/rule~pc" not in res.stdout and "model~cre/rule~pc" not in res.stdout
     assert "/w~0.30000000000000004/" not in res.stdout
     # torch gets exactly the threads snakemake gives the job
     threads = re.findall(r"pcn train .*--threads (\d+)", res.stdout)
@@ -170,6 +170,29 @@ def test_good_tmp_config_parses(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:]
     assert job_counts(res.stdout)["train"] == 2
     assert "T~10/seed~0" in res.stdout
+
+
+def test_train_by_model_overrides(tmp_path):
+    """`train_by_model` sets training keys for one model's runs only (the cre reference setting);
+    an unknown model name there stops the workflow at parse time."""
+    grid = {**GOOD_GRID, "model": ["pcn", "cre"]}
+    cfg = {"data_dir": DATA_TEMPLATE, "train": {"epochs": 3}, "grid": grid,
+           "train_by_model": {"cre": {"batch_size": 512, "lr_schedule": "constant", "epochs": 10}}}
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg))
+    runs = {m: run_dir({**{k: v[0] for k, v in GOOD_GRID.items()}, "model": m, "rule": "pc" if m == "pcn" else "bp"})
+            for m in ("pcn", "cre")}
+    res = snakemake(*[f"results/configs/{r}.yaml" for r in runs.values()], "--cores", "1",
+                    "--configfile", "ok.yaml", cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stdout[-2000:]
+    got = {m: yaml.safe_load((tmp_path / "results" / "configs" / f"{r}.yaml").read_text()) for m, r in runs.items()}
+    assert (got["cre"]["batch_size"], got["cre"]["lr_schedule"], got["cre"]["epochs"]) == (512, "constant", 10)
+    assert "batch_size" not in got["pcn"] and got["pcn"]["epochs"] == 3
+    res = snakemake("-n", "--cores", "1", "--configfile", "ok.yaml", cwd=tmp_path, timeout=60)
+    assert job_counts(res.stdout)["probe_ae"] == 1 and job_counts(res.stdout)["probe"] == 1
+    cfg["train_by_model"] = {"vae": {"epochs": 1}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake("-n", "--cores", "1", "--configfile", "bad.yaml", cwd=tmp_path, timeout=60)
+    assert res.returncode != 0 and "train_by_model.vae" in res.stdout, res.stdout[-2000:]
 
 
 # --------------------------------------------------------------------------- SLURM submission

@@ -69,12 +69,21 @@ def _build_runs(cfg):
         pcn_config.resolve(base, {})
     except pcn_config.ConfigError as err:
         raise StudyConfigError(f"invalid 'train' section of the workflow config: {err}")
+    # Per-model training overrides (e.g. the cre reference setting), between `train` and the grid point.
+    by_model = cfg.get("train_by_model") or {}
+    models = pcn_config.schema()["properties"]["model"]["enum"]
+    for model, keys in by_model.items():
+        if model not in models or not isinstance(keys, dict):
+            raise StudyConfigError(f"config key 'train_by_model.{model}': must be a model ({', '.join(models)}) "
+                                   "mapped to training keys")
+    by_model = {m: {k: _typed(v) for k, v in keys.items()} for m, keys in by_model.items()}
 
     factors_of, config_of = {}, {}
     for combo in itertools.product(*grid.values()):
         factors = dict(zip(grid, combo))
+        run_base = {**base, **by_model.get(factors["model"], {})}
         try:
-            resolved = pcn_config.resolve(base, factors)
+            resolved = pcn_config.resolve(run_base, factors)
         except pcn_config.ConfigError as err:
             raise StudyConfigError(f"invalid grid point {factors}: {err}")
         # `ae` runs ignore the learning rule; resolve() records it as bp.
@@ -85,7 +94,7 @@ def _build_runs(cfg):
             raise StudyConfigError(f"invalid grid point {factors}: {err}")
         if path in factors_of:
             continue
-        run_cfg = {**base, **factors, "data_dir": data_dir_for(resolved["dataset"])}
+        run_cfg = {**run_base, **factors, "data_dir": data_dir_for(resolved["dataset"])}
         factors_of[path] = factors
         config_of[path] = run_cfg
     return factors_of, config_of

@@ -3,7 +3,7 @@
 #   probe     every pcn run: inference trace (per step and layer), test-time T x eta
 #             sensitivity, per-layer linear probes, and a few test digits with their
 #             reconstruction and top-down generation (images.npz)
-#   probe_ae  every ae run: linear probes of its encoder layers and its reconstructions
+#   probe_ae  every ae and cre run: linear probes of its encoder layers and its reconstructions
 #             (an ae has no inference, hence no trace or sensitivity)
 #   clamp     the pcn runs chosen by `probe.clamp`: classify, label -> image generation and
 #             occluded-image completion (clamp/)
@@ -47,7 +47,7 @@ rule probe_ae:
         linear_probes=f"{RUNS_ROOT}/{{run}}/linear_probes.csv",
         images=f"{RUNS_ROOT}/{{run}}/images.npz",
     wildcard_constraints:
-        run=r"dataset~[^/]+/model~ae/.+",
+        run=r"dataset~[^/]+/model~(ae|cre)/.+",
     params:
         run=run_path,
         args=probe_args("n_test", "n_train", "n_images"),
