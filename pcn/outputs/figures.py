@@ -70,7 +70,7 @@ def _prepare(df: pd.DataFrame, extra_label: list[str] | None = None) -> pd.DataF
         df["diverged"] = False
     model = df["model"].astype(str) if "model" in df else pd.Series("pcn", index=df.index)
     rule = df["rule"].astype(str) if "rule" in df else pd.Series("", index=df.index)
-    label = np.where(model == "ae", "ae", model + " " + rule)
+    label = np.where(model.isin(["ae", "cre"]), model, model + " " + rule)  # no rule: feedforward baselines
     label = pd.Series(label, index=df.index).str.strip()
     for col in extra_label or []:
         if col in df:
@@ -99,7 +99,7 @@ def _extra_factors(summary: pd.DataFrame) -> list[str]:
 
 
 def _palette(labels) -> dict:
-    labels = sorted(set(labels), key=lambda s: (s.startswith("ae"), s))
+    labels = sorted(set(labels), key=lambda s: (s.startswith(("ae", "cre")), s))
     colors = sns.color_palette("colorblind", max(len(labels), 3))
     return {lab: colors[i % len(colors)] for i, lab in enumerate(labels)}
 
@@ -622,12 +622,12 @@ def images(table: dict, summary: pd.DataFrame | None = None, clamp: pd.DataFrame
     plan = []  # (dataset, section, rows); a row = (title, kind, line label or None)
     for ds in datasets:
         sub = idx[idx["facet"].astype(str) == ds]
-        lines = sorted(set(sub["line"]), key=lambda s: (s.startswith("ae"), s))
+        lines = sorted(set(sub["line"]), key=lambda s: (s.startswith(("ae", "cre")), s))
         for title, kinds, ref_kind, ref_title in sections:
             rows = [(ref_title, ref_kind, None)] if ref_kind and (sub["kind"] == ref_kind).any() else []
             for line in lines:
                 for kind, name in kinds:
-                    if kind == "gen" and line.startswith("ae"):
+                    if kind == "gen" and line.startswith(("ae", "cre")):
                         continue  # an ae's generation from its latent is its reconstruction
                     if ((sub["line"] == line) & (sub["kind"] == kind)).any():
                         rows.append((f"{line}\n{name}", kind, line))
