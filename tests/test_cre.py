@@ -131,3 +131,17 @@ def test_short_mnist_training(tmp_path, mnist_dir):
     ds = data.load(cfg)
     again = evaluate(model, ds.test.x, ds.test.y, saved, torch.device("cpu"))
     assert again["acc"] == pytest.approx(final["test_acc"]) and again["recon_mse"] == pytest.approx(final["recon_mse"])
+
+
+def test_model_specific_settings_are_not_factors():
+    """Keys set for the cre runs alone (train_by_model) do not become figure factors; a key swept
+    within one model does."""
+    import pandas as pd
+
+    from pcn.outputs.aggregate import factor_columns
+
+    s = pd.DataFrame(dict(run=list("abcd"), dataset="mnist", model=["pcn", "pcn", "cre", "cre"],
+                          rule=["pc", "pc", "bp", "bp"], ce_weight=[0.0, 1.0, 0.0, 1.0], seed=0, T=20,
+                          batch_size=[128, 128, 512, 512], epochs=[30, 30, 10, 10], eta=[0.02, 0.05, 0.02, 0.02]))
+    cols = factor_columns(s)
+    assert "batch_size" not in cols and "epochs" not in cols and "eta" in cols

@@ -95,18 +95,21 @@ def aggregate(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def factor_columns(summary: pd.DataFrame) -> list[str]:
-    """Key factors plus every training-config column that differs between the runs.
+    """Key factors plus every training-config column that differs between runs of the same model.
 
-    Where the data lives (``data_dir``, ``data_root``) is not a factor.
+    Where the data lives (``data_dir``, ``data_root``) is not a factor, nor is a key that is
+    constant within each model (e.g. the cre runs' own batch size, set by the workflow's
+    ``train_by_model``): the model already tells those runs apart.
     """
     from pcn.study.config import defaults
 
     config_keys = set(defaults()) - NOT_FACTORS
     cols = [c for c in KEY_FACTORS if c in summary]
+    model = summary["model"].astype(str) if "model" in summary else pd.Series("", index=summary.index)
     for c in summary.columns:
         if c not in config_keys or c in cols:
             continue
-        if summary[c].astype(str).nunique(dropna=False) > 1:
+        if len(summary) and summary[c].astype(str).groupby(model).nunique(dropna=False).max() > 1:
             cols.append(c)
     return cols
 
