@@ -115,7 +115,7 @@ def test_config_keys():
             config.resolve({"model": "cre", **bad})
 
 
-def test_short_mnist_training(tmp_path, mnist_dir):
+def test_short_mnist_training(tmp_path, mnist_dir, one_thread):
     """250 Adam steps on real MNIST: far above chance (0.82 measured), and the saved model reloads."""
     cfg = config.resolve(dict(model="cre", latent=32, ce_weight=0.5, data_dir=str(mnist_dir), train_subset=4000,
                               test_subset=1000, val_size=500, eval_train_size=200, epochs=2, batch_size=32,

@@ -17,7 +17,7 @@ def fashion_dir() -> Path:
     return FASHION_DIR
 
 
-def test_short_fashionmnist_training(tmp_path, fashion_dir):
+def test_short_fashionmnist_training(tmp_path, fashion_dir, one_thread):
     """One epoch of an ae on 3,000 real FashionMNIST images: 0.75 test accuracy measured (chance
     0.1; a wrong label file gives about chance), and the images are FashionMNIST's, not MNIST's."""
     cfg = config.resolve(dict(dataset="fashionmnist", data_dir=str(fashion_dir), model="ae", layers=[784, 128, 32],
