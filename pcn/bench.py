@@ -15,7 +15,7 @@ the same four matrices.  Per inference step PCX multiplies by each matrix once f
 input); ours back-projects all four, including the data error through W_0 (784 x 128), since
 z_1 is inferred from eps_0.  Nominal matmul work per step is therefore 4 + 4 matrix products
 here against 4 + 3 in PCX (68.8 vs 43.0 MFLOP at batch 128).  Our loop does not execute the
-nominal count: the Gram form (pcn.core.inference, OPTIONS["gram"]) replaces the two per-step
+nominal count: the Gram form (pcn.fast.stacked, OPTIONS["gram"]) replaces the two per-step
 784 x 128 products of the clamped layer by one 128 x 128 product.
 
 FLOP counts (2 per multiply-add, matmuls only; d_l = layers[l], B = batch; "nominal" is the
@@ -29,7 +29,7 @@ textbook algorithm, "executed" what this code runs):
                       (+ amortiser: its forward pass, and its local regression: forward for
                     layers >= 1 (layer 0 reuses the guess) + gradient)
     bp                the T forward steps (no nudge) + their backward pass: nominal 2 products
-                      per forward product; executed (adjoint in pcn.core.inference) 4 per layer and
+                      per forward product; executed (adjoint in pcn.fast.adjoint) 4 per layer and
                       step, layer 0 under the Gram form 2 d_1 x d_1 ones; + final loss fwd/bwd
     infer             errors at z^0 + T steps (test mode, no label)
     baseline MLP      forward sum_i 2 B d_i d_{i+1}, backward 2x (no input gradient at layer 0)
@@ -160,9 +160,9 @@ def peak_step_memory(step: Callable[[], None], device: torch.device) -> int:
         step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    from pcn.core import inference
+    from pcn.fast import stacked
 
-    inference._POOL.clear()              # count the adjoint's stacks as fresh allocations
+    stacked._POOL.clear()              # count the adjoint's stacks as fresh allocations
     with _LiveBytes() as m:
         step()
     return m.peak
@@ -214,9 +214,11 @@ def _cycle(xs, ys):
 
 def make_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
     from pcn.study import config
-    from pcn.core.inference import infer, init_latents, use_gram
+    from pcn.core.inference import init_latents
     from pcn.core.model import PCN
-    from pcn.core.rules import RULES
+    from pcn.fast.dispatch import infer
+    from pcn.fast.rules import rule
+    from pcn.fast.stacked import use_gram
     from pcn.study.train import build_optimizer
 
     nets = ["tiny"] if args.tiny else (["ref"] + ([] if args.quick else ["wide"]))
@@ -270,7 +272,7 @@ def make_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
                             infer(model, x, init_latents(model, x, cfg["init"]), cfg["T"], cfg["eta"],
                                   momentum=cfg["momentum"])
                 else:
-                    def step(model=model, cfg=cfg, opt=opt, nxt=nxt, rule=RULES[kind]):
+                    def step(model=model, cfg=cfg, opt=opt, nxt=nxt, rule=rule(kind)):
                         x, y = nxt()
                         terms = rule(model, x, y, cfg)
                         [float(terms[k]) for k in ("loss", "energy", "ce")]  # as pcn.study.train does
@@ -389,6 +391,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="latent initialisation (default: the training default, amortised)")
     p.add_argument("--ce-weight", type=float, default=0.5, help="CE weight w of the pc/bp cases")
     p.add_argument("--compile", action="store_true", help="also time pc and infer with torch.compile (compiles first)")
+    p.add_argument("--reference", action="store_true",
+                   help="also time the reference implementation (pcn.core) of every infer, pc and bp case")
     p.add_argument("--ablation", action="store_true",
                    help="also time pc/infer without the Gram form, bp with the lean adjoint, and bp through "
                         "autograd instead of the adjoint")
@@ -404,26 +408,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _variant(c: Case, tag: str, options: dict) -> Case:
-    """Case ``c`` run with pcn.core.inference.OPTIONS overridden."""
-    from pcn.core import inference
+    """Case ``c`` run with pcn.fast.options.OPTIONS overridden."""
+    from pcn.fast.options import OPTIONS
 
     inner = c.step
 
     def step(inner=inner):
-        old = dict(inference.OPTIONS)
-        inference.OPTIONS.update(options)
+        old = dict(OPTIONS)
+        OPTIONS.update(options)
         try:
             inner()
         finally:
-            inference.OPTIONS.clear()
-            inference.OPTIONS.update(old)
+            OPTIONS.clear()
+            OPTIONS.update(old)
     return Case(f"{c.name}/{tag}", c.net, c.kind, c.T, c.batch, c.layers, step, c.flops, c.per_rep,
                 extra=dict(c.extra, variant=tag, options=options))
 
 
 def _compile_cases(cases: list[Case], log) -> list[Case]:
     """The infer and pc cases under torch.compile, with their compile time."""
-    from pcn.core import inference
+    from pcn.fast import compiled
 
     out = []
     for c in [c for c in cases if c.kind in ("infer", "pc") and "variant" not in c.extra]:
@@ -431,7 +435,7 @@ def _compile_cases(cases: list[Case], log) -> list[Case]:
         t0 = time.perf_counter()
         v.step()
         v.extra["compile_s"] = time.perf_counter() - t0
-        if inference._COMPILED.get("fn") is None:
+        if compiled._COMPILED.get("fn") is None:
             log("torch.compile unavailable; skipping the compiled cases")
             return []
         log(f"  compiled {c.name} in {v.extra['compile_s']:.1f} s")
@@ -535,6 +539,9 @@ def run(args: argparse.Namespace) -> int:
         cases += _ablation_cases(cases)
     if args.compile:
         cases += _compile_cases(cases, log)
+    if args.reference:
+        cases += [_variant(c, "reference", {"reference": True}) for c in cases
+                  if c.kind in ("infer", "pc", "bp") and "variant" not in c.extra]
     log(f"pcn bench: {len(cases)} cases + {len(peaks)} sgemm peaks, {reps} repetitions, "
         f"{torch.get_num_threads()} threads, {device}")
     run_cases(cases + peaks, reps, 1, device, log)
@@ -558,6 +565,8 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": time.perf_counter() - t_start,
     }
     print(format_table(result))
+    if args.reference:
+        print(format_reference(result))
     if prof:
         print(format_profile(prof))
     if args.json:
@@ -565,6 +574,19 @@ def run(args: argparse.Namespace) -> int:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)
     return 0
+
+
+def format_reference(res: dict) -> str:
+    """One line per case timed on both paths: the fast path's speed-up over the reference,
+    both measured in this run."""
+    by_name = {r["case"]: r for r in res["cases"]}
+    lines = []
+    for name, r in by_name.items():
+        ref = by_name.get(f"{name}/reference")
+        if ref is not None:
+            lines.append(f"{name}: fast {r['s_per_epoch']:.2f} s/epoch, reference {ref['s_per_epoch']:.2f} "
+                         f"-> fast path x{ref['s_per_epoch'] / r['s_per_epoch']:.2f}")
+    return "\n".join(lines)
 
 
 def format_table(res: dict) -> str:

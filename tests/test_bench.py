@@ -12,7 +12,7 @@ def test_bench_tiny_json(tmp_path):
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
-        assert cli.main(["bench", "--tiny", "--ablation", "--profile", "--threads", "1", "--json", str(out)]) == 0
+        assert cli.main(["bench", "--tiny", "--ablation", "--reference", "--profile", "--threads", "1", "--json", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
     res = json.loads(out.read_text())
@@ -22,6 +22,7 @@ def test_bench_tiny_json(tmp_path):
     for kind in ("baseline", "pc", "bp", "infer"):
         assert (kind, None) in kinds
     assert ("bp", "autograd") in kinds
+    assert {("pc", "reference"), ("bp", "reference"), ("infer", "reference")} <= kinds
     for c in res["cases"]:
         for key in ("s_per_batch", "s_per_epoch", "samples_per_s", "gflops_nominal", "gflops_executed",
                     "frac_peak", "ratio_to_baseline", "peak_mem_mb"):

@@ -1,5 +1,6 @@
 """The learning rules: pc = -dF/dtheta at the final latents; bp = the true gradient through
-the unrolled inference (finite differences); the w = 0 and w = 1 ends."""
+the unrolled inference (finite differences); the w = 0 and w = 1 ends.  Every test runs on
+the reference rules (pcn.core.rules) and on their fast versions (pcn.fast.rules)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +10,15 @@ from pcn.core.ae import AE, ae_grads
 from pcn.core.energy import cross_entropy, energy, layer_energies
 from pcn.core.inference import infer, init_latents
 from pcn.core.model import PCN
-from pcn.core.rules import bp_grads, pc_grads
+from pcn.core import rules as reference_rules
+from pcn.fast import rules as fast_rules
+
+IMPLS = {"reference": reference_rules.RULES, "fast": fast_rules.RULES}
+
+
+@pytest.fixture(params=sorted(IMPLS))
+def impl(request):
+    return IMPLS[request.param]
 
 
 def _cfg(**kw):
@@ -33,10 +42,10 @@ def _grads(model):
 
 @pytest.mark.parametrize("w", [0.0, 0.3, 1.0])
 @pytest.mark.parametrize("prior", [False, True])
-def test_pc_update_is_minus_dF_dtheta_at_final_latents(w, prior):
+def test_pc_update_is_minus_dF_dtheta_at_final_latents(w, prior, impl):
     cfg = _cfg(ce_weight=w, prior=prior)
     model, x, y = _setup(cfg)
-    pc_grads(model, x, y, cfg)
+    impl["pc"](model, x, y, cfg)
     got = _grads(model)
     # The final latents, from a separate run of the same inference.
     with torch.no_grad():
@@ -66,23 +75,20 @@ def test_pc_update_is_minus_dF_dtheta_at_final_latents(w, prior):
         torch.testing.assert_close(got[f"V.{l}"], model.V[l].grad, rtol=1e-9, atol=1e-12)
 
 
-def test_pc_update_depends_on_trajectory_only_through_its_end():
+def test_pc_update_depends_on_trajectory_only_through_its_end(impl, monkeypatch):
     """Two different trajectories that end at the same latents give the same update."""
     cfg = _cfg(ce_weight=0.4, init="zeros", T=0)
     model, x, y = _setup(cfg)
     with torch.no_grad():
         zstar, _ = infer(model, x, init_latents(model, x, "zeros"), 9, 0.1, y=y, w=0.4)
-    import pcn.core.rules as rules
-
-    orig = rules.init_latents
-    try:
-        rules.init_latents = lambda m, xx, mode: [zl.clone() for zl in zstar]
-        pc_grads(model, x, y, cfg)  # T = 0: update taken at z* directly
-    finally:
-        rules.init_latents = orig
+    with monkeypatch.context() as m:
+        start = lambda mm, xx, mode: [zl.clone() for zl in zstar]  # noqa: E731
+        m.setattr(reference_rules.inference, "init_latents", start)
+        m.setattr(fast_rules, "init_latents", start)
+        impl["pc"](model, x, y, cfg)  # T = 0: update taken at z* directly
     direct = _grads(model)
     cfg9 = _cfg(ce_weight=0.4, init="zeros", T=9)
-    pc_grads(model, x, y, cfg9)
+    impl["pc"](model, x, y, cfg9)
     via = _grads(model)
     for k in ("W.0", "W.1", "W.2", "b.0", "C"):
         torch.testing.assert_close(direct[k], via[k], rtol=1e-9, atol=1e-12)
@@ -97,10 +103,10 @@ def _bp_objective(model, x, y, cfg):
 
 @pytest.mark.parametrize("init", ["zeros", "amortised"])
 @pytest.mark.parametrize("w", [0.0, 0.6, 1.0])
-def test_bp_gradient_matches_finite_differences(init, w):
+def test_bp_gradient_matches_finite_differences(init, w, impl):
     cfg = _cfg(ce_weight=w, init=init, T=5, eta=0.2, activation="tanh")
     model, x, y = _setup(cfg, B=4)
-    bp_grads(model, x, y, cfg)
+    impl["bp"](model, x, y, cfg)
     got = _grads(model)
     gen = torch.Generator().manual_seed(1)
     names = ["W.0", "W.1", "W.2", "b.0", "b.2"] + (["V.0", "V.2", "a.1"] if init == "amortised" else [])
@@ -127,7 +133,8 @@ def test_bp_gradient_matches_finite_differences(init, w):
     torch.testing.assert_close(got["C"], model.C.grad, rtol=1e-9, atol=1e-12)
 
 
-def test_w0_ignores_labels_and_w1_ignores_energy():
+def test_w0_ignores_labels_and_w1_ignores_energy(impl):
+    pc_grads, bp_grads = impl["pc"], impl["bp"]
     for rule in (pc_grads, bp_grads):
         cfg = _cfg(ce_weight=0.0)
         model, x, y = _setup(cfg)

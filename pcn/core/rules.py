@@ -1,5 +1,7 @@
-"""The learning rules (spec section 3).  Each ``*_grads`` function fills ``p.grad`` of every
-trainable parameter for one batch and returns the batch's loss terms (0-d tensors).
+"""The learning rules (spec section 3), the reference implementation.  Each ``*_grads``
+function fills ``p.grad`` of every trainable parameter for one batch and returns the batch's
+loss terms (0-d tensors).  Weight gradients are taken by autograd where that is the clearest
+statement of the rule; the fast versions (``pcn.fast.rules``) are tested equal to these.
 
 Readout (all rules): the classifier C, c always trains on its own CE at the detached final
 top latent (a probe), so w decides only whether the CE shapes the representation.
@@ -14,80 +16,67 @@ top latent (a probe), so w decides only whether the CE shapes the representation
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
-from pcn.core.energy import layer_energies, mean_half_sq, onehot_t
-from pcn.core.inference import infer, infer_state, init_latents
+from pcn.core import inference
+from pcn.core.energy import energy, layer_energies
 from pcn.core.model import PCN
 
 
-def _readout_grads(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Set dCE/dC, dCE/dc at the detached top latent; return the per-batch mean CE.
-    Formed as (classes x batch): softmax over a short last dimension is slow in torch."""
-    B = zL.shape[0]
-    logp = torch.log_softmax(torch.addmm(model.c.unsqueeze(1), model.C, zL.t()), dim=0)
-    ce = logp.gather(0, y.unsqueeze(0)).mean().neg()
-    p = logp.exp_().sub_(onehot_t(model, y, zL.dtype))          # softmax - onehot, (classes x B)
-    model.C.grad = p @ zL / B
-    model.c.grad = p.mean(1)
-    return ce
+def readout_loss(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The readout probe's loss: mean CE(C z_L + c, y) at the detached top latent."""
+    return F.cross_entropy(model.readout(zL.detach()), y)
 
 
-def _amortiser_grads(model: PCN, x: torch.Tensor, z: list[torch.Tensor],
-                     fz: list[torch.Tensor] | None = None, guess0: torch.Tensor | None = None) -> torch.Tensor:
-    """Local regression of the amortiser onto the inferred latents:
-    loss = sum_l 1/2 ||V_l g_l(z*_l) + a_l - z*_{l+1}||^2 (batch mean).  ``fz``: f(z*) if known;
-    ``guess0``: V_0 x + a_0 if known (the amortised z_1^0: layer 0's input is x either way).
-    Residuals are formed as (d x batch), the orientation of the inference's stacked buffers."""
-    B = x.shape[0]
-    res = []
+def amortiser_loss(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
+    """Local regression of the amortiser onto the (detached) inferred latents z*:
+    sum_l 1/2 ||V_l g_l(z*_l) + a_l - z*_{l+1}||^2, batch mean (g_0 = identity, g_l = f)."""
+    below = [x] + [zl.detach() for zl in z[:-1]]
+    loss = 0.0
     for l in range(model.L):
-        inp = x if l == 0 else (fz[l - 1] if fz is not None else model.f(z[l - 1]))
-        if l == 0 and guess0 is not None:
-            r = torch.sub(guess0.t(), z[0].t())
-        else:
-            r = torch.addmm(model.a[l].unsqueeze(1), model.V[l], inp.t()).sub_(z[l].t())
-        model.V[l].grad = torch.addmm(model.V[l], r, inp, beta=0.0, alpha=1.0 / B)
-        model.a[l].grad = r.mean(1)
-        res.append(r)
-    return mean_half_sq(res, B)
+        inp = below[l] if l == 0 else model.f(below[l])
+        r = inp @ model.V[l].t() + model.a[l] - z[l].detach()
+        loss = loss + 0.5 * (r * r).sum(1).mean()
+    return loss
 
 
-@torch.no_grad()
 def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
-    """Local PC rule: infer on F with the label, then -dF/dtheta at the final latents."""
+    """Local PC rule: infer on F with the label (no graph), then -dF/dtheta at the final latents."""
     w = float(cfg["ce_weight"])
-    z0 = init_latents(model, x, cfg["init"])
-    z, eps, fz = infer_state(model, x, z0, cfg["T"], cfg["eta"], y=y, w=w, momentum=cfg["momentum"])
-    B = x.shape[0]
-    k = -(1.0 - w) / B
-    for l in range(model.L):  # f(z*) comes from the inference (computed there once)
-        model.W[l].grad = torch.addmm(model.W[l], eps[l].t(), fz[l], beta=0.0, alpha=k)
-        model.b[l].grad = eps[l].sum(0).mul_(k)
-    if model.prior_mean is not None:
-        model.prior_mean.grad = eps[-1].sum(0).mul_(k)
-    E = mean_half_sq(eps, B)
-    ce = _readout_grads(model, z[-1], y)
-    out = {"loss": (1.0 - w) * E + w * ce, "energy": E, "ce": ce}
-    if model.V is not None:
-        out["amortiser"] = _amortiser_grads(model, x, z, fz, z0[0] if cfg["init"] == "amortised" else None)
+    with torch.no_grad():
+        z0 = inference.init_latents(model, x, cfg["init"])
+        z, _ = inference.infer(model, x, z0, cfg["T"], cfg["eta"], y=y, w=w, momentum=cfg["momentum"])
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        E = energy(model, x, z).mean()      # z is a constant here: dE/dtheta at z* only
+        ce = readout_loss(model, z[-1], y)
+        total = (1.0 - w) * E + ce
+        out = {"loss": ((1.0 - w) * E + w * ce).detach(), "energy": E.detach(), "ce": ce.detach()}
+        if model.V is not None:
+            amort = amortiser_loss(model, x, z)
+            total = total + amort
+            out["amortiser"] = amort.detach()
+        total.backward()
     return out
 
 
-def bp_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
-    """Backprop through inference: L = (1 - w) E(z^T) + w CE(z^T_L), plus the readout probe."""
+def bp_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
+             infer_state: Callable = inference.infer_state) -> dict[str, torch.Tensor]:
+    """Backprop through inference: L = (1 - w) E(z^T) + w CE(z^T_L), plus the readout probe.
+    ``infer_state``: the (differentiable) inference to unroll, the reference loop by default."""
     w = float(cfg["ce_weight"])
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
-        z0 = init_latents(model, x, cfg["init"])
-        z, eps = infer(model, x, z0, cfg["T"], cfg["eta"], momentum=cfg["momentum"])
-        E = layer_energies(eps).sum(0).mean()
-        zL = z[-1]
+        z0 = inference.init_latents(model, x, cfg["init"])
+        s = infer_state(model, x, z0, cfg["T"], cfg["eta"], momentum=cfg["momentum"])
+        E = layer_energies(s.eps).sum(0).mean()
+        zL = s.z[-1]
         ce = F.cross_entropy(torch.addmm(model.c.detach(), zL, model.C.detach().t()), y)
-        probe = F.cross_entropy(model.readout(zL.detach()), y)
         loss = (1.0 - w) * E + w * ce
-        (loss + probe).backward()
+        (loss + readout_loss(model, zL, y)).backward()
     return {"loss": loss.detach(), "energy": E.detach(), "ce": ce.detach()}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from pcn.core.model import PCN
-from pcn.core.rules import bp_grads, pc_grads
+from pcn.fast.rules import bp_grads, pc_grads
 
 COLUMNS = ["source", "epoch", "w", "T", "layer", "metric", "value"]
 

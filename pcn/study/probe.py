@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from pcn.study import data
-from pcn.core.inference import infer, init_latents
+from pcn.core.inference import init_latents
+from pcn.fast.dispatch import infer
 from pcn.core.model import PCN
 
 TRACE_COLUMNS = ["step", "layer", "metric", "value"]

@@ -26,7 +26,7 @@ from pcn.study.alignment import grad_alignment
 from pcn.study.evaluate import evaluate
 from pcn.study.store import atomic_save, build_model, write_text
 from pcn.core.model import PCN
-from pcn.core.rules import RULES
+from pcn.fast.rules import rule
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_energy", "train_ce", "train_acc", "val_acc", "test_acc",
                   "recon_mse", "gen_mse", "energy", "seconds", "diverged"]
@@ -53,7 +53,7 @@ def build_scheduler(cfg: dict, opt: torch.optim.Optimizer, n_batches: int):
 
 
 def grads_fn(cfg: dict) -> Callable:
-    return ae_grads if cfg["model"] == "ae" else RULES[cfg["rule"]]
+    return ae_grads if cfg["model"] == "ae" else rule(cfg["rule"])
 
 
 def pick_device(name: str) -> torch.device:
