@@ -65,15 +65,15 @@ def test_adjoint_matches_autograd_through_the_loop(act, prior, momentum, gram):
 @pytest.mark.parametrize("act", ["tanh", "gelu", "relu"])
 @pytest.mark.parametrize("prior", [False, True])
 @pytest.mark.parametrize("momentum", [0.0, 0.3])
-@pytest.mark.parametrize("w", [0.0, 0.6])
-def test_stacked_loop_and_gram_match_the_graph_loop(act, prior, momentum, w):
+@pytest.mark.parametrize("beta", [0.0, 1.5])
+def test_stacked_loop_and_gram_match_the_reference_loop(act, prior, momentum, beta):
     model, x, y = _setup(act, prior)
     z0 = init_latents(model, x, "zeros")
     with torch.no_grad():
-        ref = reference.infer_state(model, x, z0, 9, 0.1, y, w, momentum)
+        ref = reference.infer_state(model, x, z0, 9, 0.1, y, beta, momentum)
         for gram in (False, True):
             OPTIONS["gram"] = gram
-            s = infer_state(model, x, z0, 9, 0.1, y=y, w=w, momentum=momentum)
+            s = infer_state(model, x, z0, 9, 0.1, y=y, beta=beta, momentum=momentum)
             for got, want in zip(s.z + s.eps + s.fz, ref.z + ref.eps + ref.fz):
                 torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
@@ -85,11 +85,11 @@ def test_loop_leaves_z0_alone_and_callback_gets_copies():
     seen = []
     OPTIONS["gram"] = True  # the same arithmetic at every T (auto may pick by T)
     with torch.no_grad():
-        zT, _ = infer(model, x, z0, 5, 0.1, y=y, w=0.3, callback=lambda t, z, e, dz: seen.append((z, e, dz)))
+        zT, _ = infer(model, x, z0, 5, 0.1, y=y, beta=0.3, callback=lambda t, z, e, dz: seen.append((z, e, dz)))
         for a, b in zip(z0, keep):
             assert torch.equal(a, b)
         for t in (0, 2, 5):  # what the callback kept at step t is still the state z^t
-            zt, et = infer(model, x, z0, t, 0.1, y=y, w=0.3)
+            zt, et = infer(model, x, z0, t, 0.1, y=y, beta=0.3)
             for a, b in zip(seen[t][0] + seen[t][1], zt + et):
                 assert torch.equal(a, b)
         for t in range(1, 6):
@@ -154,10 +154,10 @@ def test_compiled_loop_matches_eager():
     x = x.float()
     z0 = [zl.float() for zl in init_latents(model, x, "amortised")]
     with torch.no_grad():
-        want = infer_state(model, x, z0, 3, 0.1, y=y, w=0.5, momentum=0.3)
+        want = infer_state(model, x, z0, 3, 0.1, y=y, beta=0.5, momentum=0.3)
         OPTIONS["compile"] = True
         try:
-            got = infer_state(model, x, z0, 3, 0.1, y=y, w=0.5, momentum=0.3)
+            got = infer_state(model, x, z0, 3, 0.1, y=y, beta=0.5, momentum=0.3)
         except Exception as e:  # noqa: BLE001 - no compiler toolchain: the fallback is tested above
             pytest.skip(f"torch.compile unavailable: {e}")
     if OPTIONS["compile"] is False:
@@ -183,7 +183,7 @@ def _per_step_ops(model, x, z0, T, y, w):
             return func(*args, **(kwargs or {}))
 
     with torch.no_grad(), Count():
-        infer_state(model, x, z0, T, 0.1, y=y, w=w)
+        infer_state(model, x, z0, T, 0.1, y=y, beta=w)
     return counts
 
 
@@ -250,8 +250,8 @@ def test_no_fast_path_runs_the_reference_and_says_so(capsys, monkeypatch):
     # Differentiable inference with a label nudge has no fast path: reference, equal results.
     model, x, y = _setup()
     z0 = init_latents(model, x, "zeros")
-    got = infer_state(model, x, z0, 4, 0.1, y=y, w=0.5)
-    want = reference.infer_state(model, x, z0, 4, 0.1, y=y, w=0.5)
+    got = infer_state(model, x, z0, 4, 0.1, y=y, beta=0.5)
+    want = reference.infer_state(model, x, z0, 4, 0.1, y=y, beta=0.5)
     assert "label nudge or a callback: no fast path" in capsys.readouterr().err
     for a, b in zip(got.z, want.z):
         assert torch.equal(a, b) and a.grad_fn is not None

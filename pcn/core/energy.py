@@ -48,6 +48,16 @@ def latent_grad(model: PCN, z: list[torch.Tensor], eps: list[torch.Tensor]) -> l
     return grads
 
 
+def energy_scale(model: PCN, norm: str) -> float:
+    """s of the normalised energy s E used in the objectives: 1 for ``sum``; 2 / d_0 for
+    ``pixel`` (then the data term s 1/2 ||eps_0||^2 is the per-pixel MSE of the prediction)."""
+    if norm == "sum":
+        return 1.0
+    if norm == "pixel":
+        return 2.0 / model.layers[0]
+    raise ValueError(f"unknown energy_norm {norm!r}; allowed: pixel, sum")
+
+
 def cross_entropy(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """CE of the readout per sample, shape (batch,)."""
     return F.cross_entropy(model.readout(zL), y, reduction="none")

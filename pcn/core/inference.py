@@ -1,6 +1,6 @@
 """PC inference, the reference implementation (spec section 2): T gradient steps on the latents.
 
-    F(z) = (1 - w) E(z; x) + w CE(C z_L + c, y)       (w = 0 or y = None: F = E)
+    F(z) = E(z; x) + beta CE(C z_L + c, y)            (beta = 0 or y = None: F = E)
     v <- m v + dF/dz;   z <- z - eta v                 (m = 0: plain gradient descent)
 
 with dE/dz from ``pcn.core.energy.latent_grad``; all layers are updated from the same state
@@ -51,30 +51,28 @@ def init_latents(model: PCN, x: torch.Tensor, mode: str) -> list[torch.Tensor]:
     raise ValueError(f"unknown init {mode!r}; allowed: zeros, prior, amortised")
 
 
-def nudged(y: Optional[torch.Tensor], w: float) -> bool:
-    """Whether the label enters inference (a label is given and w > 0)."""
-    return y is not None and w > 0.0
+def nudged(y: Optional[torch.Tensor], beta: float) -> bool:
+    """Whether the label enters inference (a label is given and beta > 0)."""
+    return y is not None and beta > 0.0
 
 
 def objective_grad(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eps: list[torch.Tensor],
-                   y: Optional[torch.Tensor] = None, w: float = 0.0) -> list[torch.Tensor]:
-    """dF/dz_l for l = 1..L:  (1 - w) dE/dz_l  +  w dCE/dz_L in the top layer (with a label)."""
+                   y: Optional[torch.Tensor] = None, beta: float = 0.0) -> list[torch.Tensor]:
+    """dF/dz_l for l = 1..L:  dE/dz_l  +  beta dCE/dz_L in the top layer (with a label)."""
     g = latent_grad(model, z, eps)
-    if not nudged(y, w):
-        return g
-    g = [(1.0 - w) * gl for gl in g]
-    g[-1] = g[-1] + w * ce_latent_grad(model, z[-1], y)
+    if nudged(y, beta):
+        g[-1] = g[-1] + beta * ce_latent_grad(model, z[-1], y)
     return g
 
 
 def step(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eps: list[torch.Tensor],
-         v: Optional[list[torch.Tensor]], eta: float, y: Optional[torch.Tensor] = None, w: float = 0.0,
+         v: Optional[list[torch.Tensor]], eta: float, y: Optional[torch.Tensor] = None, beta: float = 0.0,
          momentum: float = 0.0) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
     """One inference step from z (with errors eps = errors(z)): returns (z', v').
 
         v' = m v + dF/dz,   z' = z - eta v'      (without momentum: z' = z - eta dF/dz)
     """
-    g = objective_grad(model, x, z, eps, y, w)
+    g = objective_grad(model, x, z, eps, y, beta)
     if momentum > 0:
         v = [momentum * vl + gl for vl, gl in zip(v, g)] if v is not None else g
         g = v
@@ -82,7 +80,7 @@ def step(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eps: list[torch.Ten
 
 
 def infer_state(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float,
-                y: Optional[torch.Tensor] = None, w: float = 0.0, momentum: float = 0.0,
+                y: Optional[torch.Tensor] = None, beta: float = 0.0, momentum: float = 0.0,
                 callback: Optional[StepCallback] = None) -> State:
     """Run T steps from z0; return the final ``State`` (z^T, eps(z^T), f(z^T)).
 
@@ -94,7 +92,7 @@ def infer_state(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta
     if callback is not None:
         callback(0, z, eps, None)
     for t in range(1, T + 1):
-        z_new, v = step(model, x, z, eps, v, eta, y, w, momentum)
+        z_new, v = step(model, x, z, eps, v, eta, y, beta, momentum)
         dz = [a - b for a, b in zip(z_new, z)] if callback is not None else None
         z = z_new
         eps = errors(model, x, z)
@@ -104,8 +102,8 @@ def infer_state(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta
 
 
 def infer(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float,
-          y: Optional[torch.Tensor] = None, w: float = 0.0, momentum: float = 0.0,
+          y: Optional[torch.Tensor] = None, beta: float = 0.0, momentum: float = 0.0,
           callback: Optional[StepCallback] = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``infer_state`` returning only (z^T, eps(z^T))."""
-    s = infer_state(model, x, z0, T, eta, y, w, momentum, callback)
+    s = infer_state(model, x, z0, T, eta, y, beta, momentum, callback)
     return s.z, s.eps

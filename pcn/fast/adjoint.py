@@ -15,8 +15,8 @@ from pcn.fast.options import OPTIONS
 from pcn.fast.stacked import (_Record, _back, _blocks, _data_error, _errors, _gram_terms, _has_d2f, _layout,
                               _release, stacked_loop, use_gram)
 
-def applies(model: PCN, x: torch.Tensor, T: int, y, w: float, callback) -> bool:
-    return (OPTIONS.get("adjoint", True) and T > 0 and callback is None and (y is None or w <= 0.0)
+def applies(model: PCN, x: torch.Tensor, T: int, y, beta: float, callback) -> bool:
+    return (OPTIONS.get("adjoint", True) and T > 0 and callback is None and (y is None or beta <= 0.0)
             and not x.requires_grad and model.activation in ("gelu", "tanh", "relu", "linear"))
 
 

@@ -34,14 +34,14 @@ def compiled():
     return _COMPILED.get("fn")
 
 
-def run(fn, model: PCN, x: torch.Tensor, z0: list, T: int, eta: float, y, w: float,
+def run(fn, model: PCN, x: torch.Tensor, z0: list, T: int, eta: float, y, beta: float,
         momentum: float) -> State:
     """On CUDA the compiled loop replays as CUDA graphs ("reduce-overhead"), whose outputs
     live in graph-owned memory that the next replay overwrites: hand back copies."""
     if not x.is_cuda:
-        return fn(model, x, z0, T, eta, y, w, momentum)
+        return fn(model, x, z0, T, eta, y, beta, momentum)
     torch.compiler.cudagraph_mark_step_begin()
-    s = _COMPILED["cuda"](model, x, z0, T, eta, y, w, momentum)
+    s = _COMPILED["cuda"](model, x, z0, T, eta, y, beta, momentum)
     return State(*([t.clone() for t in part] for part in s))
 
 
@@ -52,8 +52,8 @@ def disable(err: Exception) -> None:
     _COMPILED["fn"] = None
 
 
-def _functional_loop(model: PCN, x: torch.Tensor, z0: list, T: int, eta: float, y, w: float,
+def _functional_loop(model: PCN, x: torch.Tensor, z0: list, T: int, eta: float, y, beta: float,
                      momentum: float) -> State:
     """The reference loop without autograd, for the compiler to fuse (no callback)."""
     with torch.no_grad():
-        return reference.infer_state(model, x, z0, T, eta, y, w, momentum)
+        return reference.infer_state(model, x, z0, T, eta, y, beta, momentum)

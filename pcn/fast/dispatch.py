@@ -34,30 +34,30 @@ def note_reference(what: str) -> None:
 
 
 def infer_state(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float,
-                y: Optional[torch.Tensor] = None, w: float = 0.0, momentum: float = 0.0,
+                y: Optional[torch.Tensor] = None, beta: float = 0.0, momentum: float = 0.0,
                 callback: Optional[StepCallback] = None) -> State:
     """``pcn.core.inference.infer_state`` on the fastest path that applies."""
     if OPTIONS.get("reference"):
-        return reference.infer_state(model, x, z0, T, eta, y, w, momentum, callback)
+        return reference.infer_state(model, x, z0, T, eta, y, beta, momentum, callback)
     if torch.is_grad_enabled():
-        if adjoint.applies(model, x, T, y, w, callback):
+        if adjoint.applies(model, x, T, y, beta, callback):
             return adjoint.infer_state(model, x, z0, T, eta, momentum)
         if OPTIONS.get("adjoint", True):
             note_reference("differentiable inference with a label nudge or a callback")
-        return reference.infer_state(model, x, z0, T, eta, y, w, momentum, callback)
+        return reference.infer_state(model, x, z0, T, eta, y, beta, momentum, callback)
     if callback is None and compiled.wanted(x):
         fn = compiled.compiled()
         if fn is not None:
             try:
-                return compiled.run(fn, model, x, z0, T, eta, y, w, momentum)
+                return compiled.run(fn, model, x, z0, T, eta, y, beta, momentum)
             except Exception as e:  # noqa: BLE001 - any compiler failure: fall back to eager
                 compiled.disable(e)
-    return stacked_loop(model, x, z0, T, eta, y, w, momentum, callback)[0]
+    return stacked_loop(model, x, z0, T, eta, y, beta, momentum, callback)[0]
 
 
 def infer(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float,
-          y: Optional[torch.Tensor] = None, w: float = 0.0, momentum: float = 0.0,
+          y: Optional[torch.Tensor] = None, beta: float = 0.0, momentum: float = 0.0,
           callback: Optional[StepCallback] = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``infer_state`` returning only (z^T, eps(z^T))."""
-    s = infer_state(model, x, z0, T, eta, y, w, momentum, callback)
+    s = infer_state(model, x, z0, T, eta, y, beta, momentum, callback)
     return s.z, s.eps

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from pcn.core import rules as reference
+from pcn.core.energy import energy_scale
 from pcn.core.inference import init_latents
 from pcn.core.model import PCN
 from pcn.fast.dispatch import infer_state, note_reference
@@ -53,22 +54,28 @@ def _amortiser_grads(model: PCN, x: torch.Tensor, z: list[torch.Tensor],
 
 @torch.no_grad()
 def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
-    """Local PC rule: infer on F with the label, then -dF/dtheta at the final latents."""
+    """Local PC rule (``pcn.core.rules.pc_grads``): free and nudged inference, -dE/dtheta at the
+    nudged latents, readout and amortiser on the free ones."""
     w = float(cfg["ce_weight"])
+    s = energy_scale(model, cfg["energy_norm"])
+    beta = reference.nudge_strength(w) / s
+    T, eta, m = cfg["T"], cfg["eta"], cfg["momentum"]
     z0 = init_latents(model, x, cfg["init"])
-    z, eps, fz = infer_state(model, x, z0, cfg["T"], cfg["eta"], y=y, w=w, momentum=cfg["momentum"])
+    free = infer_state(model, x, z0, T, eta, momentum=m)
+    z, eps, fz = infer_state(model, x, z0, T, eta, y=y, beta=beta, momentum=m) if beta > 0 else free
     B = x.shape[0]
-    k = -(1.0 - w) / B
+    k = -s / B
     for l in range(model.L):  # f(z*) comes from the inference (computed there once)
         model.W[l].grad = torch.addmm(model.W[l], eps[l].t(), fz[l], beta=0.0, alpha=k)
         model.b[l].grad = eps[l].sum(0).mul_(k)
     if model.prior_mean is not None:
         model.prior_mean.grad = eps[-1].sum(0).mul_(k)
-    E = mean_half_sq(eps, B)
-    ce = _readout_grads(model, z[-1], y)
+    E = s * mean_half_sq(eps, B)
+    ce = _readout_grads(model, free.z[-1], y)
     out = {"loss": (1.0 - w) * E + w * ce, "energy": E, "ce": ce}
     if model.V is not None:
-        out["amortiser"] = _amortiser_grads(model, x, z, fz, z0[0] if cfg["init"] == "amortised" else None)
+        guess0 = z0[0] if cfg["init"] == "amortised" else None
+        out["amortiser"] = _amortiser_grads(model, x, free.z, free.fz, guess0)
     return out
 
 

@@ -141,16 +141,16 @@ def _has_d2f(model: PCN) -> bool:
 
 @torch.no_grad()
 def stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float,
-                  y: Optional[torch.Tensor], w: float, momentum: float,
+                  y: Optional[torch.Tensor], beta: float, momentum: float,
                   callback: Optional[StepCallback], gram: Optional[bool] = None,
                   record: str = "") -> tuple[State, Optional[_Record]]:
     """The inference loop without autograd, in the stacked layout (``pc``, evaluation,
     probing, and the forward pass of ``bp``'s adjoint).  One step:
 
-        BACK = W^T EPS (``_back``),  Z <- Z - eta [s (EPS - f'(Z) * BACK) + w C^T (softmax(C Z_L + c) - onehot(y))],
+        BACK = W^T EPS (``_back``),  Z <- Z - eta [(EPS - f'(Z) * BACK) + beta C^T (softmax(C Z_L + c) - onehot(y))],
         F = f(Z),  EPS = Z - (W F + b) (``_errors``),
 
-    s = 1 - w, the last term only in the rows of z_L and only with a label; with momentum the
+    the last term only in the rows of z_L and only with a label; with momentum the
     bracket goes through v <- m v + [...].  Under the Gram form (``use_gram``) eps_0 is formed
     only at the end (or for a callback).  ``record`` = "full" keeps what the adjoint reads
     (``_Record``), "lean" only z^t.  Returns (B x d) views of the buffers.
@@ -159,8 +159,7 @@ def stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, et
     lay = _layout(model)
     W, b = list(model.W), list(model.b) + ([model.prior_mean] if model.prior_mean is not None else [])
     bcol, Wt = [bl.unsqueeze(1) for bl in b], [Wk.t() for Wk in W]
-    nudge = y is not None and w > 0.0
-    s = 1.0 - w if nudge else 1.0
+    nudge = y is not None and beta > 0.0
     gram = use_gram(model, B, T) if gram is None else gram
     gt = _gram_terms(x, W[0], b[0]) if gram else None
     full = record == "full"
@@ -229,15 +228,13 @@ def stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, et
         if nudge:
             P = class_residual_t(model, Zb[L - 1], onehot)
         if V is None:
-            Z.add_(EPS, alpha=-eta * s).add_(BACK, alpha=eta * s)
+            Z.add_(EPS, alpha=-eta).add_(BACK, alpha=eta)
             if nudge:
-                Zb[L - 1].addmm_(Ct, P, alpha=-eta * w)
+                Zb[L - 1].addmm_(Ct, P, alpha=-eta * beta)
         else:
             step = torch.sub(EPS, BACK, out=GR)
-            if s != 1.0:
-                step.mul_(s)
             if nudge:
-                step[lay.top].addmm_(Ct, P, alpha=w)
+                step[lay.top].addmm_(Ct, P, alpha=beta)
             Z.add_(V.mul_(momentum).add_(step), alpha=-eta)
         if full:
             FZ, EPS = FZs[t], Es[t]

@@ -81,7 +81,22 @@ def validate(cfg: dict) -> dict:
         raise ConfigError("; ".join(_describe(e) for e in errors))
     if cfg["model"] == "pcn" and len(cfg["layers"]) < 2:
         raise ConfigError("config key 'layers': a pcn needs at least 2 layer sizes")
+    reason = undefined_point(cfg)
+    if reason:
+        raise ConfigError(reason)
     return cfg
+
+
+def undefined_point(cfg: dict) -> str | None:
+    """Why a combination of keys defines no run (None if it does).  The study grid leaves such
+    points out; a single run with one is refused.
+
+    ``pc`` at w = 1: its nudged inference weighs CE by beta = w / (1 - w), infinite at w = 1,
+    and the local update has no energy term left to follow (docs/methods.md)."""
+    if cfg.get("model", "pcn") == "pcn" and cfg.get("rule") == "pc" and cfg.get("ce_weight", 0) >= 1:
+        return ("config key 'ce_weight': rule 'pc' needs ce_weight < 1 (its label nudge beta = w / (1 - w) "
+                "is infinite at w = 1 and leaves no local update); use bp for w = 1")
+    return None
 
 
 def resolve(base: dict | None = None, overrides: dict | None = None) -> dict:

@@ -73,6 +73,8 @@ def _build_runs(cfg):
     factors_of, config_of = {}, {}
     for combo in itertools.product(*grid.values()):
         factors = dict(zip(grid, combo))
+        if pcn_config.undefined_point({**pcn_config.defaults(), **base, **factors}):
+            continue  # e.g. rule pc at w = 1 (pcn.study.config.undefined_point says why)
         try:
             resolved = pcn_config.resolve(base, factors)
         except pcn_config.ConfigError as err:
