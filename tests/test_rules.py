@@ -67,12 +67,12 @@ def test_pc_update_is_minus_dE_dtheta_at_nudged_latents(w, prior, impl):
     cross_entropy(model, free[-1], y).mean().backward()
     torch.testing.assert_close(got["C"], model.C.grad, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(got["c"], model.c.grad, rtol=1e-9, atol=1e-12)
-    # Amortiser: local regression onto the free latents.
+    # Amortiser: local regression onto the nudged latents.
     model.zero_grad(set_to_none=True)
     loss = 0
     for l in range(model.L):
-        inp = x if l == 0 else model.f(free[l - 1])
-        loss = loss + 0.5 * ((inp @ model.V[l].t() + model.a[l] - free[l]) ** 2).sum(1).mean()
+        inp = x if l == 0 else model.f(z[l - 1])
+        loss = loss + 0.5 * ((inp @ model.V[l].t() + model.a[l] - z[l]) ** 2).sum(1).mean()
     loss.backward()
     for l in range(model.L):
         torch.testing.assert_close(got[f"V.{l}"], model.V[l].grad, rtol=1e-9, atol=1e-12)

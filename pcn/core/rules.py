@@ -15,8 +15,8 @@ The energy enters the objectives as s E, s = ``energy_scale`` (energy_norm: 2 / 
         w = 1 is refused: beta is infinite and no local update is defined there).  Then, at the
         nudged latents z* (no graph through the trajectory), the local updates are
             s dE/dW_l = -s eps_l f(z*_{l+1})^T,   s dE/db_l = -s eps_l      (batch means).
-        The readout probe and the amortiser train on the free latents, the quantity that
-        test-time inference produces (the amortiser regresses z_{l+1} on g_l(z_l), local MSE).
+        The readout probe trains on the free latents, the quantity that test-time inference
+        produces; the amortiser, if any, regresses the nudged z*_{l+1} on g_l(z*_l) (local MSE).
 ``bp``  inference runs on E alone, unrolled in the autograd graph; the loss
             L = (1 - w) s E(z^T; x) + w CE(C z^T_L + c, y)
         is backpropagated through all T steps to every weight (C held fixed in this term).
@@ -60,7 +60,7 @@ def nudge_strength(w: float) -> float:
 
 def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
     """Local PC rule: free and nudged inference (no graph), then -dE/dtheta at the nudged latents;
-    readout and amortiser on the free latents."""
+    the readout on the free latents."""
     w = float(cfg["ce_weight"])
     s = energy_scale(model, cfg["energy_norm"])
     beta = nudge_strength(w) / s
@@ -76,7 +76,7 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
         total = E + ce
         out = {"loss": ((1.0 - w) * E + w * ce).detach(), "energy": E.detach(), "ce": ce.detach()}
         if model.V is not None:
-            amort = amortiser_loss(model, x, free)
+            amort = amortiser_loss(model, x, z)
             total = total + amort
             out["amortiser"] = amort.detach()
         total.backward()

@@ -55,7 +55,7 @@ def _amortiser_grads(model: PCN, x: torch.Tensor, z: list[torch.Tensor],
 @torch.no_grad()
 def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
     """Local PC rule (``pcn.core.rules.pc_grads``): free and nudged inference, -dE/dtheta at the
-    nudged latents, readout and amortiser on the free ones."""
+    nudged latents (the amortiser regresses onto them too), the readout on the free ones."""
     w = float(cfg["ce_weight"])
     s = energy_scale(model, cfg["energy_norm"])
     beta = reference.nudge_strength(w) / s
@@ -75,7 +75,7 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
     out = {"loss": (1.0 - w) * E + w * ce, "energy": E, "ce": ce}
     if model.V is not None:
         guess0 = z0[0] if cfg["init"] == "amortised" else None
-        out["amortiser"] = _amortiser_grads(model, x, free.z, free.fz, guess0)
+        out["amortiser"] = _amortiser_grads(model, x, z, fz, guess0)
     return out
 
 
