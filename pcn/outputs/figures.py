@@ -168,6 +168,10 @@ def _panel(df: pd.DataFrame, facet: str, label: str) -> pd.DataFrame:
     return df[(df["facet"] == facet) & (df["label"] == label)]
 
 
+def _where(facet: str, label: str) -> str:
+    return " ".join(p for p in (facet, label) if p)
+
+
 def _n_diverged_runs(df: pd.DataFrame) -> int:
     return int(df.loc[df["diverged"], "run"].nunique()) if "run" in df else int(df["diverged"].sum())
 
@@ -189,8 +193,9 @@ def _name(col: str) -> str:
     return _METRIC_NAMES.get(col, col.replace("_", " "))
 
 
-def _first_present(df: pd.DataFrame, names) -> str | None:
-    return next((n for n in names if n in df), None)
+def _present(present, alternatives) -> list[str]:
+    """Per group of alternative names, the first that is in ``present`` (a group with none: left out)."""
+    return [m for m in (next((n for n in alts if n in present), None) for alts in alternatives) if m]
 
 
 def _mark_T(ax, sub: pd.DataFrame, col: str = "T", text: str = "train T") -> None:
@@ -274,16 +279,11 @@ def _whole_network(traces: pd.DataFrame) -> pd.DataFrame:
     return traces[layer.isin(_WHOLE_NETWORK)]
 
 
-def _first_present_metric(df: pd.DataFrame, alternatives) -> str | None:
-    present = set(df["metric"].astype(str)) if "metric" in df else set()
-    return next((m for m in alternatives if m in present), None)
-
-
 def inference(traces: pd.DataFrame, summary: pd.DataFrame | None = None,
               metrics=(("energy", "energy_total"), ("acc", "accuracy", "test_acc"))) -> plt.Figure:
     """Energy and accuracy vs inference step (log steps), one panel per rule, training T marked."""
     df = _prepare(_join_summary(_whole_network(traces), summary, drop_ae=True), _extra_factors(summary))
-    rows = [m for m in (_first_present_metric(df, alts) for alts in metrics) if m] or ["energy"]
+    rows = _present(set(df["metric"].astype(str)) if "metric" in df else set(), metrics) or ["energy"]
     panels, wpal = _panels(df), _palette(df, "w")
     fig, axes = _grid(len(rows), len(panels), 4.6, 3.3, sharex=True)
     for j, (facet, label) in enumerate(panels):
@@ -298,7 +298,7 @@ def inference(traces: pd.DataFrame, summary: pd.DataFrame | None = None,
             else:
                 _empty(ax, f"no {m} trace")
             _mark_T(ax, sub)
-            _frame(ax, i, len(rows), " ".join(p for p in (facet, label) if p) or "inference", "inference step",
+            _frame(ax, i, len(rows), _where(facet, label) or "inference", "inference step",
                    _name(m))
         _legend(axes[0][j], "CE weight")
     return _finish(fig, "Inference dynamics on the test set (mean ± sd over seeds; dashed/x = diverged)")
@@ -308,7 +308,7 @@ def curves(curves_df: pd.DataFrame, summary: pd.DataFrame | None = None,
            metrics=(("test_acc", "val_acc"), ("recon_mse",), ("train_loss",))) -> plt.Figure:
     """Training curves per epoch: accuracy, reconstruction error and loss; one panel per rule."""
     df = _prepare(_join_summary(curves_df, summary), _extra_factors(summary))
-    rows = [m for m in (_first_present(df, alts) for alts in metrics) if m] or ["epoch"]
+    rows = _present(df.columns, metrics) or ["epoch"]
     panels, wpal = _panels(df), _palette(df, "w")
     fig, axes = _grid(len(rows), len(panels), 4.4, 3.0, sharex=True)
     for j, (facet, label) in enumerate(panels):
@@ -318,7 +318,7 @@ def curves(curves_df: pd.DataFrame, summary: pd.DataFrame | None = None,
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             if not _lines(ax, sub, "epoch", m, "w", wpal, legend=i == 0):
                 _empty(ax, f"no {m}")
-            _frame(ax, i, len(rows), " ".join(p for p in (facet, label) if p) or "training", "epoch", _name(m))
+            _frame(ax, i, len(rows), _where(facet, label) or "training", "epoch", _name(m))
         _legend(axes[0][j], "CE weight")
     return _finish(fig, "Training curves (mean ± sd over seeds; dashed/x = diverged)")
 
@@ -363,7 +363,7 @@ def sensitivity(sens: pd.DataFrame, summary: pd.DataFrame | None = None,
                 if m.endswith("mse") and (tm["value"] > 0).all():
                     ax.set_yscale("log")
                 ax.autoscale_view()
-            ax.set(ylabel=_name(m), title=_title(" ".join(p for p in (facet, label) if p), _n_diverged_runs(sub))
+            ax.set(ylabel=_name(m), title=_title(_where(facet, label), _n_diverged_runs(sub))
                    if i == 0 else "")
         _legend(axes[0][j], "CE weight")
     return _finish(fig, "Test-time sensitivity to T and eta (mean ± sd over seeds; dashed/x = diverged in training)")
@@ -408,7 +408,7 @@ def probes(lp: pd.DataFrame, summary: pd.DataFrame | None = None,
             if not _lines(ax, _metric(sub, m), "ce_weight", "value", "line", pal, legend=i == 0, path=False,
                           style="line", dashes=dashes):
                 _empty(ax, f"no {m} values")
-            _frame(ax, i, len(rows), _title(" ".join(p for p in (facet, label) if p), _n_diverged_runs(sub)),
+            _frame(ax, i, len(rows), _title(_where(facet, label), _n_diverged_runs(sub)),
                    "CE weight w", names.get(m, _name(m)))
         _legend(axes[0][j])
     return _finish(fig, "Linear probes per layer vs CE weight (mean ± sd over seeds; x = diverged run)")
@@ -437,7 +437,7 @@ def alignment(al: pd.DataFrame, summary: pd.DataFrame | None = None) -> plt.Figu
                 if undefined and i == 0:
                     ax.text(0.02, 0.1, undefined, transform=ax.transAxes, fontsize=7, color="0.3",
                             bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
-            _frame(ax, i, len(rows), _title(" ".join(p for p in (facet, label) if p), _n_diverged_runs(sub)),
+            _frame(ax, i, len(rows), _title(_where(facet, label), _n_diverged_runs(sub)),
                    "epoch (0 = initial weights)", "cos, all weights" if layer == "all" else f"cos, W_{layer}")
         _legend(axes[0][j], "CE weight")
     return _finish(fig, "PC update vs BP gradient of the same objective over training "
