@@ -150,9 +150,12 @@ def _legend(ax, title: str | None = None) -> None:
         ax.legend(fontsize=7, title=title, title_fontsize=7)
 
 
-def _frame(ax, row: int, n_rows: int, title: str, xlabel: str, ylabel: str) -> None:
-    """Label a panel of a grid that shares x: the title on the top row, the x label on the bottom."""
-    ax.set(title=title if row == 0 else "", xlabel=xlabel if row == n_rows - 1 else "", ylabel=ylabel)
+def _frame(ax, row: int, n_rows: int | None, title: str, xlabel: str, ylabel: str) -> None:
+    """Label a panel before drawing in it (seaborn then keeps the labels, and skips working out
+    whether to show its own): the title on the top row, the x label on the bottom row of a grid
+    that shares x (of ``n_rows`` rows; ``None``: x not shared, every row shows it)."""
+    ax.set(title=title if row == 0 else "", xlabel=xlabel, ylabel=ylabel)
+    ax.xaxis.label.set_visible(n_rows is None or row == n_rows - 1)
 
 
 def _facets(df: pd.DataFrame) -> list[str]:
@@ -265,9 +268,9 @@ def ce_weight(summary: pd.DataFrame, metrics=("test_acc", "recon_mse", "gen_mse"
     for j, facet in enumerate(facets):
         sub = df[df["facet"] == facet]
         for i, m in enumerate(metrics):
+            _frame(axes[i][j], i, len(metrics), _title(facet, _n_diverged_runs(sub)), "CE weight w", _name(m))
             if not _lines(axes[i][j], sub, "ce_weight", m, "label", pal, legend=i == 0, path=False):
                 _empty(axes[i][j], "no finite results")
-            _frame(axes[i][j], i, len(metrics), _title(facet, _n_diverged_runs(sub)), "CE weight w", _name(m))
         _legend(axes[0][j])
     return _finish(fig, "Test metrics vs CE weight (mean ± sd over seeds; x = diverged run)")
 
@@ -290,6 +293,7 @@ def inference(traces: pd.DataFrame, summary: pd.DataFrame | None = None,
         sub = _panel(df, facet, label)
         for i, m in enumerate(rows):
             ax, tm = axes[i][j], _finite(_metric(sub, m), ["step", "value"])
+            _frame(ax, i, len(rows), _where(facet, label) or "inference", "inference step", _name(m))
             if _lines(ax, tm, "step", "value", "w", wpal, legend=i == 0, marker=None):
                 ax.set_xscale("symlog", linthresh=1)
                 if m in ("energy_total", "energy") and (tm["value"] > 0).all():
@@ -298,8 +302,6 @@ def inference(traces: pd.DataFrame, summary: pd.DataFrame | None = None,
             else:
                 _empty(ax, f"no {m} trace")
             _mark_T(ax, sub)
-            _frame(ax, i, len(rows), _where(facet, label) or "inference", "inference step",
-                   _name(m))
         _legend(axes[0][j], "CE weight")
     return _finish(fig, "Inference dynamics on the test set (mean ± sd over seeds; dashed/x = diverged)")
 
@@ -316,9 +318,9 @@ def curves(curves_df: pd.DataFrame, summary: pd.DataFrame | None = None,
         for i, m in enumerate(rows):
             ax = axes[i][j]
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            _frame(ax, i, len(rows), _where(facet, label) or "training", "epoch", _name(m))
             if not _lines(ax, sub, "epoch", m, "w", wpal, legend=i == 0):
                 _empty(ax, f"no {m}")
-            _frame(ax, i, len(rows), _where(facet, label) or "training", "epoch", _name(m))
         _legend(axes[0][j], "CE weight")
     return _finish(fig, "Training curves (mean ± sd over seeds; dashed/x = diverged)")
 
@@ -341,9 +343,12 @@ def sensitivity(sens: pd.DataFrame, summary: pd.DataFrame | None = None,
             ax = axes[i][j]
             if axis == "T":
                 sl, x = sub[np.isclose(sub.get("eta_factor", np.nan), 1.0)], "test_T"
+                xlabel = "test-time inference steps T (at the training eta)"
             else:
                 sl, x = sub[sub.get("test_T", np.nan) == sub.get("T", np.nan)], "eta_factor"
+                xlabel = "test-time eta / training eta (at the training T)"
             tm = _finite(_metric(sl, m), [x, "value"])
+            _frame(ax, i, None, _title(_where(facet, label), _n_diverged_runs(sub)), xlabel, _name(m))
             if not _lines(ax, tm, x, "value", "w", wpal, legend=i == 0):
                 _empty(ax, f"no {m} values")
             else:
@@ -355,16 +360,12 @@ def sensitivity(sens: pd.DataFrame, summary: pd.DataFrame | None = None,
                 if axis == "T":
                     ax.set_xscale("symlog", linthresh=1)
                     _mark_T(ax, sl)
-                    ax.set_xlabel("test-time inference steps T (at the training eta)")
                 else:
                     ax.set_xscale("log", base=2)
                     ax.axvline(1.0, color="k", ls=":", lw=1)
-                    ax.set_xlabel("test-time eta / training eta (at the training T)")
                 if m.endswith("mse") and (tm["value"] > 0).all():
                     ax.set_yscale("log")
                 ax.autoscale_view()
-            ax.set(ylabel=_name(m), title=_title(_where(facet, label), _n_diverged_runs(sub))
-                   if i == 0 else "")
         _legend(axes[0][j], "CE weight")
     return _finish(fig, "Test-time sensitivity to T and eta (mean ± sd over seeds; dashed/x = diverged in training)")
 
@@ -405,11 +406,11 @@ def probes(lp: pd.DataFrame, summary: pd.DataFrame | None = None,
         dashes = {name: (4, 2) if lay == "0" else "" for lay, name in line.items()}
         for i, m in enumerate(rows):
             ax = axes[i][j]
+            _frame(ax, i, len(rows), _title(_where(facet, label), _n_diverged_runs(sub)),
+                   "CE weight w", names.get(m, _name(m)))
             if not _lines(ax, _metric(sub, m), "ce_weight", "value", "line", pal, legend=i == 0, path=False,
                           style="line", dashes=dashes):
                 _empty(ax, f"no {m} values")
-            _frame(ax, i, len(rows), _title(_where(facet, label), _n_diverged_runs(sub)),
-                   "CE weight w", names.get(m, _name(m)))
         _legend(axes[0][j])
     return _finish(fig, "Linear probes per layer vs CE weight (mean ± sd over seeds; x = diverged run)")
 
@@ -429,6 +430,8 @@ def alignment(al: pd.DataFrame, summary: pd.DataFrame | None = None) -> plt.Figu
             ax, tm = axes[i][j], _metric(sub[sub["layer"] == layer], m)
             undefined = _undefined_weights(sub, tm)
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            _frame(ax, i, len(rows), _title(_where(facet, label), _n_diverged_runs(sub)),
+                   "epoch (0 = initial weights)", "cos, all weights" if layer == "all" else f"cos, W_{layer}")
             if not _lines(ax, tm, "epoch", "value", "w", wpal, legend=i == 0):
                 _empty(ax, "no alignment values" + (f"\n{undefined}" if undefined else ""))
             else:
@@ -437,8 +440,6 @@ def alignment(al: pd.DataFrame, summary: pd.DataFrame | None = None) -> plt.Figu
                 if undefined and i == 0:
                     ax.text(0.02, 0.1, undefined, transform=ax.transAxes, fontsize=7, color="0.3",
                             bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
-            _frame(ax, i, len(rows), _title(_where(facet, label), _n_diverged_runs(sub)),
-                   "epoch (0 = initial weights)", "cos, all weights" if layer == "all" else f"cos, W_{layer}")
         _legend(axes[0][j], "CE weight")
     return _finish(fig, "PC update vs BP gradient of the same objective over training "
                         "(cosine; mean ± sd over seeds; dashed/x = diverged)")
