@@ -258,10 +258,16 @@ def test_figure_cli_redraws_probe_figures_from_files(fake, tmp_path):
 
 
 def _drawn_lines(ax) -> dict:
-    """{colour: (x, y)} of the lines drawn on ``ax`` (legend proxies, which have no data, left out)."""
+    """{colour: (x, y)} of the first line of each colour drawn on ``ax`` (the data line; after it come
+    error bar caps; legend proxies, which have no data, left out)."""
     from matplotlib.colors import to_hex
 
-    return {to_hex(ln.get_color()): (ln.get_xdata(), ln.get_ydata()) for ln in ax.lines if len(ln.get_xdata())}
+    out = {}
+    for ln in ax.lines:
+        if len(ln.get_xdata()):
+            xy = np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float)
+            out.setdefault(to_hex(ln.get_color()), xy)
+    return out
 
 
 def test_ce_weight_lines_are_seed_means_of_runs_that_did_not_diverge(fake):
@@ -290,4 +296,26 @@ def test_ce_weight_lines_are_seed_means_of_runs_that_did_not_diverge(fake):
     sd = 0.11 / 2 ** 0.5
     np.testing.assert_allclose([band[:, 1].min(), band[:, 1].max()], [0.555 - sd, 0.955 + sd])
     assert "1 diverged run (x)" in ax.get_title()
+    figures.plt.close(fig)
+
+
+def test_tradeoff_points_are_seed_means_of_both_axes(fake):
+    """The trade-off front of each rule passes through the (reconstruction MSE, accuracy) seed means
+    per CE weight of the runs that did not diverge; the diverged run (given a finite MSE here) is an
+    x marker, not averaged in."""
+    from matplotlib.colors import to_hex
+
+    s = fake["tables"]["summary"]
+    s = s.assign(recon_mse=pd.to_numeric(s["recon_mse"]).fillna(0.5) + 0.02 * s["seed"])
+    fig = figures.tradeoff(s)
+    lines = _drawn_lines(fig.get_axes()[0])
+    prepared = figures._numeric(figures._prepare(s), ["recon_mse", "test_acc"])
+    for label, colour in figures._palette(prepared, "label").items():
+        ok = prepared[(prepared["label"] == label) & ~prepared["diverged"]]
+        want = ok.groupby("ce_weight")[["recon_mse", "test_acc"]].mean()
+        x, y = lines[to_hex(colour)]
+        np.testing.assert_allclose(x, want["recon_mse"].to_numpy())
+        np.testing.assert_allclose(y, want["test_acc"].to_numpy())
+    marker = next(c for c in fig.get_axes()[0].collections if c.get_label() == "pcn pc (diverged)")
+    np.testing.assert_allclose(marker.get_offsets(), [[0.52, 0.71]])
     figures.plt.close(fig)
