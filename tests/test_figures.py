@@ -255,3 +255,67 @@ def test_figure_cli_redraws_probe_figures_from_files(fake, tmp_path):
     assert out.stat().st_size > 10_000 and out.with_suffix(".pdf").exists()
     with pytest.raises(SystemExit, match="--linear-probes"):
         main(["figure", "probes", "--summary", str(tmp_path / "summary.csv"), "--out", str(tmp_path / "p.png")])
+
+
+def _drawn_lines(ax) -> dict:
+    """{colour: (x, y)} of the first line of each colour drawn on ``ax`` (the data line; after it come
+    error bar caps; legend proxies, which have no data, left out)."""
+    from matplotlib.colors import to_hex
+
+    out = {}
+    for ln in ax.lines:
+        if len(ln.get_xdata()):
+            xy = np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float)
+            out.setdefault(to_hex(ln.get_color()), xy)
+    return out
+
+
+def test_ce_weight_lines_are_seed_means_of_runs_that_did_not_diverge(fake):
+    """Each rule's line is, per CE weight, the mean over seeds of the summary's test accuracy,
+    without the diverged run (pcn pc w=0.5 seed 1, drawn as an x marker instead)."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_hex
+
+    s = fake["tables"]["summary"]
+    s = s.assign(test_acc=s["test_acc"] + 0.1 * s["seed"] * (s["rule"] == "pc"))  # seeds differ, by rule
+    fig = figures.ce_weight(s, metrics=("test_acc",))
+    ax = fig.get_axes()[0]
+    prepared = figures._prepare(s)
+    lines = _drawn_lines(ax)
+    for label, colour in figures._palette(prepared, "label").items():
+        ok = prepared[(prepared["label"] == label) & ~prepared["diverged"]]
+        want = ok.groupby("ce_weight")["test_acc"].mean()
+        x, y = lines[to_hex(colour)]
+        np.testing.assert_allclose(x, want.index)
+        np.testing.assert_allclose(y, want.to_numpy())
+    # the pc band: one sd over seeds (0.11 apart at w = 0 and 1: sd = 0.11 / sqrt(2)) about the mean
+    pc = to_hex(figures._palette(prepared, "label")["pcn pc"])
+    band = np.concatenate([p.vertices for c in ax.collections if isinstance(c, PolyCollection)
+                           and to_hex(c.get_facecolor()[0]) == pc for p in c.get_paths()])
+    band = band[np.isfinite(band).all(axis=1)]
+    sd = 0.11 / 2 ** 0.5
+    np.testing.assert_allclose([band[:, 1].min(), band[:, 1].max()], [0.555 - sd, 0.955 + sd])
+    assert "1 diverged run (x)" in ax.get_title()
+    figures.plt.close(fig)
+
+
+def test_tradeoff_points_are_seed_means_of_both_axes(fake):
+    """The trade-off front of each rule passes through the (reconstruction MSE, accuracy) seed means
+    per CE weight of the runs that did not diverge; the diverged run (given a finite MSE here) is an
+    x marker, not averaged in."""
+    from matplotlib.colors import to_hex
+
+    s = fake["tables"]["summary"]
+    s = s.assign(recon_mse=pd.to_numeric(s["recon_mse"]).fillna(0.5) + 0.02 * s["seed"])
+    fig = figures.tradeoff(s)
+    lines = _drawn_lines(fig.get_axes()[0])
+    prepared = figures._numeric(figures._prepare(s), ["recon_mse", "test_acc"])
+    for label, colour in figures._palette(prepared, "label").items():
+        ok = prepared[(prepared["label"] == label) & ~prepared["diverged"]]
+        want = ok.groupby("ce_weight")[["recon_mse", "test_acc"]].mean()
+        x, y = lines[to_hex(colour)]
+        np.testing.assert_allclose(x, want["recon_mse"].to_numpy())
+        np.testing.assert_allclose(y, want["test_acc"].to_numpy())
+    marker = next(c for c in fig.get_axes()[0].collections if c.get_label() == "pcn pc (diverged)")
+    np.testing.assert_allclose(marker.get_offsets(), [[0.52, 0.71]])
+    figures.plt.close(fig)
