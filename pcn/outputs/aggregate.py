@@ -80,9 +80,44 @@ def read_final(run_dir: str | Path) -> dict:
     return row
 
 
+#: Inference stages of the summary's step columns: step 0 (the initial guess), the training
+#: T, and 10 T (or the last probed step when the probe ran fewer).
+STAGES = ("step0", "T", "10T")
+STAGE_METRICS = ("acc", "gen_mse", "recon_mse", "energy")
+
+
+def inference_stages(trace: pd.DataFrame, T: int) -> dict:
+    """Summary columns from one run's probe trace (``RUN/trace.csv``, whole-network rows):
+    ``{metric}_{stage}`` for the metrics in STAGE_METRICS at the STAGES, ``probe_steps`` (the
+    last step probed) and the settling measure ``settle_{stage}`` = ||z^t - z^{t-1}|| / ||z^t||
+    over all latent layers (nan at step 0); a run whose inference has settled at T has a small
+    ``settle_T`` (docs/methods.md)."""
+    tr = trace.copy()
+    tr["layer"] = tr["layer"].astype(str)
+    last = int(tr["step"].max())
+    steps = {"step0": 0, "T": min(int(T), last), "10T": min(10 * int(T), last)}
+    whole = tr[tr["layer"] == "all"].pivot_table(index="step", columns="metric", values="value")
+    z2 = tr[(tr["metric"] == "z_norm") & (tr["layer"] != "all")].assign(sq=lambda d: d["value"] ** 2)
+    znorm = z2.groupby("step")["sq"].sum() ** 0.5
+    out: dict = {"probe_steps": last}
+    for stage, t in steps.items():
+        for m in STAGE_METRICS:
+            out[f"{m}_{stage}"] = float(whole.at[t, m]) if m in whole and t in whole.index else float("nan")
+        dz = float(whole.at[t, "dz_norm"]) if "dz_norm" in whole and t in whole.index else float("nan")
+        zn = float(znorm.get(t, float("nan")))
+        out[f"settle_{stage}"] = dz / zn if zn > 0 else float("nan")
+    return out
+
+
 def aggregate(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per run from ``final.json``; every config key and result is a column."""
+    """One row per run from ``final.json``; every config key and result is a column.  Runs
+    probed already (``RUN/trace.csv``) also get their ``inference_stages`` columns."""
     rows = [read_final(d) for d in run_dirs]
+    for row in rows:
+        path = Path(row["run"]) / "trace.csv"
+        trace = pd.read_csv(path) if path.exists() and "T" in row else None
+        if trace is not None and {"step", "layer", "metric", "value"} <= set(trace.columns):
+            row.update(inference_stages(trace, int(row["T"])))
     if not rows:
         raise ValueError("no runs to aggregate")
     df = pd.DataFrame(rows)

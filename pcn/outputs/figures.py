@@ -231,32 +231,70 @@ def _finish(fig, title: str) -> plt.Figure:
 
 
 # --------------------------------------------------------------------------- figures
-def tradeoff(summary: pd.DataFrame, x: str = "recon_mse", y: str = "test_acc") -> plt.Figure:
-    """Trade-off front: test accuracy vs reconstruction error, one point per CE weight.  Both
-    axes carry mean ± sd over seeds, so this one figure draws its own error bars (seaborn's are
-    along one axis only)."""
+def tradeoff(summary: pd.DataFrame, xs=("gen_mse", "recon_mse"), y: str = "test_acc") -> plt.Figure:
+    """Trade-off front: test accuracy against gen_mse (top-down reconstruction from z_L alone,
+    the bottleneck measure that compares with an autoencoder; first row) and against recon_mse
+    (prediction of x after inference with x clamped; second row), one point per CE weight, one
+    line per rule / model.  Both axes carry mean ± sd over seeds, so this figure draws its own
+    error bars (seaborn's are along one axis only)."""
     df = _prepare(summary, _extra_factors(summary))
+    xs = [x for x in xs if x in df] or ["recon_mse"]
     facets, pal = _facets(df), _palette(df, "label")
-    fig, axes = _grid(1, len(facets), 5.2, 4.4)
-    for ax, facet in zip(axes[0], facets):
-        sub = _finite(df[df["facet"] == facet], [x, y])
-        stats = sub[~sub["diverged"]].groupby(["label", "ce_weight"])[[x, y]].agg(["mean", "std"]).fillna(0.0)
-        for label, g in stats.groupby(level="label"):
-            mx, my = g[(x, "mean")], g[(y, "mean")]
-            ax.errorbar(mx, my, xerr=g[(x, "std")], yerr=g[(y, "std")], marker="o", ms=5, lw=1.5, capsize=2,
-                        color=pal[label], label=label)
-            for (_, w), px, py in zip(g.index, mx, my):
-                ax.annotate(_fmt(w), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                            color=pal[label])
-        for label, g in sub[sub["diverged"]].groupby("label"):
-            ax.scatter(g[x], g[y], marker="x", s=50, color=pal[label], label=f"{label} (diverged)")
-        if sub.empty:
-            _empty(ax, "no finite results")
-        ax.set(xlabel=_name(x) + " (lower is better)", ylabel=_name(y),
-               title=_title(facet, _n_diverged_runs(df[df["facet"] == facet])))
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, title="labels: CE weight w", title_fontsize=7)
+    fig, axes = _grid(len(xs), len(facets), 5.2, 4.4)
+    for i, x in enumerate(xs):
+        for ax, facet in zip(axes[i], facets):
+            _front(ax, df[df["facet"] == facet], x, y, pal)
+            ax.set(xlabel=_name(x) + " (lower is better)", ylabel=_name(y),
+                   title=_title(facet, _n_diverged_runs(df[df["facet"] == facet])))
     return _finish(fig, "Classification-reconstruction trade-off (mean ± sd over seeds)")
+
+
+def _front(ax, df: pd.DataFrame, x: str, y: str, pal: dict) -> None:
+    """One front per line label: the seed means of (x, y) per CE weight with sd error bars, the
+    weights annotated; diverged runs as x."""
+    sub = _finite(df, [x, y])
+    stats = sub[~sub["diverged"]].groupby(["label", "ce_weight"])[[x, y]].agg(["mean", "std"]).fillna(0.0)
+    for label, g in stats.groupby(level="label"):
+        mx, my = g[(x, "mean")], g[(y, "mean")]
+        ax.errorbar(mx, my, xerr=g[(x, "std")], yerr=g[(y, "std")], marker="o", ms=5, lw=1.5, capsize=2,
+                    color=pal[label], label=label)
+        for (_, w), px, py in zip(g.index, mx, my):
+            ax.annotate(_fmt(w), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=pal[label])
+    for label, g in sub[sub["diverged"]].groupby("label"):
+        ax.scatter(g[x], g[y], marker="x", s=50, color=pal[label], label=f"{label} (diverged)")
+    if sub.empty:
+        _empty(ax, "no finite results")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, title="labels: CE weight w", title_fontsize=7)
+
+
+def inference_gain(summary: pd.DataFrame, metrics=("acc", "gen_mse")) -> plt.Figure:
+    """What inference adds: test accuracy and gen_mse at inference step 0 (the initial guess),
+    at the training T and at 10 T (the summary's ``{metric}_{stage}`` columns, from the probe
+    traces) against the CE weight; one panel column per rule (and init, when swept), one line
+    per stage, mean ± sd over seeds."""
+    from pcn.outputs.aggregate import STAGES
+
+    df = _prepare(summary, _extra_factors(summary))
+    df = df[df["model"].astype(str) == "pcn"] if "model" in df else df
+    long = [df.assign(stage=stage, value=pd.to_numeric(df.get(f"{m}_{stage}"), errors="coerce"), metric=m)
+            for m in metrics for stage in STAGES if f"{m}_{stage}" in df]
+    panels = _panels(df)
+    fig, axes = _grid(len(metrics), max(len(panels), 1), 4.6, 3.3, sharex=True)
+    table = pd.concat(long, ignore_index=True) if long else pd.DataFrame()
+    pal = dict(zip(STAGES, sns.color_palette("rocket_r", len(STAGES))))
+    for j, (facet, label) in enumerate(panels or [("", "")]):
+        for i, m in enumerate(metrics):
+            ax = axes[i][j]
+            _frame(ax, i, len(metrics), _where(facet, label) or "inference", "CE weight w",
+                   ("test " if m == "acc" else "") + _name(m))
+            sub = _metric(_panel(table, facet, label), m) if not table.empty else table
+            if table.empty or not _lines(ax, _finite(sub, ["ce_weight", "value"]), "ce_weight", "value",
+                                         "stage", pal, legend=i == 0):
+                _empty(ax, "no probe traces in the summary")
+        _legend(axes[0][j], "inference step")
+    return _finish(fig, "What inference adds: step 0 vs T vs 10 T (mean ± sd over seeds)")
 
 
 def ce_weight(summary: pd.DataFrame, metrics=("test_acc", "recon_mse", "gen_mse")) -> plt.Figure:
@@ -640,6 +678,7 @@ def _read(path: str | None, what: str, required: bool):
 FIGURES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "tradeoff": (lambda t: tradeoff(t["summary"]), ("summary",)),
     "ce_weight": (lambda t: ce_weight(t["summary"]), ("summary",)),
+    "inference_gain": (lambda t: inference_gain(t["summary"]), ("summary",)),
     "inference": (lambda t: inference(t["traces"], t.get("summary")), ("traces",)),
     "curves": (lambda t: curves(t["curves"], t.get("summary")), ("curves",)),
     "sensitivity": (lambda t: sensitivity(t["sensitivity"], t.get("summary")), ("sensitivity",)),
