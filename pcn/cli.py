@@ -98,9 +98,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
     msg = f"{args.dataset}: {folder.resolve()} train={sizes['train']} test={sizes['test']}"
     print(msg)
     if args.out:
+        from pcn.study.store import write_text
+
         files = {k: v for sp in splits.values() for k, v in sp.files.items()}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(msg + "\n" + json.dumps(files, indent=2, sort_keys=True) + "\n")
+        write_text(Path(args.out), msg + "\n" + json.dumps(files, indent=2, sort_keys=True) + "\n")
     return 0
 
 
@@ -223,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("PCN_DEBUG", "").strip() not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     command = _command_of(argv)
-    only = command if command in PLUGINS else ("train" if command in ("train", "data", "config") else None)
+    # Import only the plugin that runs (fast start); all of them for the full help.
+    only = None if command is None else (command if command in PLUGINS else "train")
     prog = f"pcn {command}" if command else "pcn"
     try:
         args = build_parser(only).parse_args(argv)

@@ -3,6 +3,7 @@ and training checkpoints back.  (Imported by training, probing and alignment ali
 none of them imports another for these helpers.)"""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -75,13 +76,14 @@ def save_checkpoint(obj: dict, path: Path, keep_previous: bool = True) -> None:
     torch.save(obj, buf)
     payload = buf.getvalue()
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(CKPT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if keep_previous and path.exists():
-        os.replace(path, previous_of(path))
-    os.replace(tmp, path)
+    with naming(path):
+        with open(tmp, "wb") as fh:
+            fh.write(CKPT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_of(path))
+        os.replace(tmp, path)
 
 
 def previous_of(path: Path) -> Path:
@@ -133,15 +135,31 @@ def load_weights(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module
     return model.to(device), blob["config"], blob.get("epoch")
 
 
+@contextlib.contextmanager
+def naming(path: Path):
+    """OSErrors raised inside (a full disk reports no file name) name ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename over ``path`` (never a half-written file)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with naming(path):
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` atomically (a character device such as /dev/null directly)."""
+    with naming(path):
+        if path.exists() and not path.is_file() and not path.is_dir():
+            path.write_text(text)
+            return
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)

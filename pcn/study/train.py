@@ -98,11 +98,12 @@ def _clean(v):
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=columns)
-        wr.writeheader()
-        wr.writerows(rows)
-    os.replace(tmp, path)
+    with store.naming(path):
+        with open(tmp, "w", newline="") as fh:
+            wr = csv.DictWriter(fh, fieldnames=columns)
+            wr.writeheader()
+            wr.writerows(rows)
+        os.replace(tmp, path)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
