@@ -43,8 +43,9 @@ def _env() -> dict:
 
 
 def snakemake(cwd: Path, *args, timeout: int = 240) -> subprocess.CompletedProcess:
-    cmd = ["timeout", "-s", "KILL", str(timeout), SNAKEMAKE, "-s", str(SNAKEFILE), "--cores", "2",
-           "--configfile", "study.yaml", *map(str, args)]
+    # targets and options first: --configfile takes every word after it
+    cmd = ["timeout", "-s", "KILL", str(timeout), SNAKEMAKE, *map(str, args), "-s", str(SNAKEFILE),
+           "--cores", "2", "--configfile", "study.yaml"]
     return subprocess.run(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -135,8 +136,8 @@ def test_sigkill_then_unlock_and_rerun_incomplete_equals_uninterrupted(reference
     """Kill snakemake and its jobs (SIGKILL to the process group, as a node failure would) while
     a train job runs (its first checkpoint exists) or once the first run has finished."""
     root = _new_study(tmp_path / "killed")
-    cmd = ["timeout", "-s", "KILL", "240", SNAKEMAKE, "-s", str(SNAKEFILE), "--cores", "2",
-           "--configfile", "study.yaml", *TARGETS]
+    cmd = ["timeout", "-s", "KILL", "240", SNAKEMAKE, *TARGETS, "-s", str(SNAKEFILE), "--cores", "2",
+           "--configfile", "study.yaml"]
     proc = subprocess.Popen(cmd, cwd=root, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     pattern = "ckpt.pt" if kill_when == "checkpoint" else "final.json"
