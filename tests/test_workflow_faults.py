@@ -33,8 +33,9 @@ STUDY = {
     "grid": {"dataset": ["mnist"], "model": ["pcn"], "rule": ["pc"], "ce_weight": [0.0, 1.0], "seed": [0]},
     "resources": {"train": {"threads": 1, "mem_mb": 1000, "runtime": 10}},
 }
-# Columns that hold wall-clock times: the only ones allowed to differ.
-TIME_COLUMNS = {"wall_s", "seconds"}
+# Columns allowed to differ: wall-clock times, and the code version (a commit made while the
+# test runs would change it).
+TIME_COLUMNS = {"wall_s", "seconds", "code_commit", "code_dirty", "code_sha256"}
 
 
 def _env() -> dict:

@@ -154,8 +154,10 @@ def input_size(dataset: str) -> int:
     return schema()["properties"]["dataset"]["input_size"][dataset]
 
 
-def validate(cfg: dict) -> dict:
-    """Check a full config against the schema plus cross-key rules; return it."""
+def validate(cfg: dict, for_run: bool = False) -> dict:
+    """Check a full config against the schema plus cross-key rules; return it.  With
+    ``for_run`` (a config that will read its dataset), ``layers[0]`` must also be the dataset's
+    input size; without it the layer sizes are free (synthetic models: tests, benchmarks)."""
     errors = sorted(jsonschema.Draft7Validator(schema()).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         raise ConfigError("; ".join(_describe(e) for e in errors))
@@ -166,21 +168,22 @@ def validate(cfg: dict) -> dict:
     if cfg["model"] == "pcn" and len(cfg["layers"]) < 2:
         raise ConfigError("config key 'layers': a pcn needs at least 2 layer sizes")
     size = input_size(cfg["dataset"])
-    if cfg["layers"][0] != size:
+    if for_run and cfg["layers"][0] != size:
         raise ConfigError(f"config key 'layers': the first size {cfg['layers'][0]} must equal the input size of "
                           f"dataset {cfg['dataset']} ({size} pixels), e.g. layers: [{size}, 256, 32]")
     return cfg
 
 
-def resolve(base: dict | None = None, overrides: dict | None = None) -> dict:
-    """Defaults <- ``base`` <- ``overrides``, validated.  ``ae`` runs record rule ``bp``."""
+def resolve(base: dict | None = None, overrides: dict | None = None, for_run: bool = False) -> dict:
+    """Defaults <- ``base`` <- ``overrides``, validated (``for_run``: also against the
+    dataset's input size, see ``validate``).  ``ae`` runs record rule ``bp``."""
     cfg = defaults()
     for source in (base or {}), (overrides or {}):
         if not isinstance(source, dict):
             raise ConfigError(f"a config must be a mapping of keys to values, got {type(source).__name__}")
         cfg.update(copy.deepcopy(source))
     cfg = coerce(cfg)
-    validate(cfg)
+    validate(cfg, for_run)
     if cfg["model"] == "ae":
         cfg["rule"] = "bp"
     return cfg
@@ -216,7 +219,7 @@ def read_file(path: str | Path) -> dict:
 def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
     """Read a YAML/JSON config file (optional), apply ``key=value`` overrides, validate."""
     base = read_file(path) if path is not None else {}
-    return resolve(base, parse_overrides(overrides))
+    return resolve(base, parse_overrides(overrides), for_run=True)
 
 
 def dumps(cfg: dict) -> str:

@@ -222,7 +222,7 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
 
     Everything that can refuse the run (config, paths, data, a run folder or checkpoint of
     another config) is checked before the first file is written."""
-    cfg = config_mod.resolve(cfg)
+    cfg = config_mod.resolve(cfg, for_run=True)
     if str(out) == "":
         raise UsageError("--out: empty path (give the run's output folder)")
     if ckpt_dir is not None and str(ckpt_dir) == "":

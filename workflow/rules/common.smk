@@ -74,7 +74,7 @@ def _build_runs(cfg):
     for combo in itertools.product(*grid.values()):
         factors = dict(zip(grid, combo))
         try:
-            resolved = pcn_config.resolve(base, factors)
+            resolved = pcn_config.resolve(base, factors, for_run=True)
         except pcn_config.ConfigError as err:
             raise StudyConfigError(f"invalid grid point {factors}: {err}")
         # `ae` runs ignore the learning rule; resolve() records it as bp.
