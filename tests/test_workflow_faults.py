@@ -103,7 +103,10 @@ def _copy(reference, tmp_path) -> Path:
     return root
 
 
-def test_forcerun_of_one_finished_train_job_rewrites_all_its_outputs(reference, tmp_path):
+def test_forcerun_of_one_job_then_a_changed_train_key(reference, tmp_path):
+    """A finished study: (1) one train job forced again rewrites all its outputs (resuming from
+    its finished checkpoint), the study equals the reference; (2) a changed `train` key re-trains
+    every run from scratch and finishes, the old checkpoints kept aside."""
     root = _copy(reference, tmp_path)
     run = _runs(root)[0]
     res = snakemake(root, *TARGETS, "--forcerun", run.relative_to(root) / "final.json")
@@ -112,9 +115,6 @@ def test_forcerun_of_one_finished_train_job_rewrites_all_its_outputs(reference, 
     assert "after epoch 2" in log.read_text()  # resumed from the finished checkpoint
     _assert_same(_state(root), reference[1])
 
-
-def test_changed_train_section_retrains_and_finishes(reference, tmp_path):
-    root = _copy(reference, tmp_path)
     cfg = yaml.safe_load((root / "study.yaml").read_text())
     cfg["train"]["T"] = 2
     (root / "study.yaml").write_text(yaml.safe_dump(cfg))
@@ -124,26 +124,20 @@ def test_changed_train_section_retrains_and_finishes(reference, tmp_path):
     assert len(s) == 2 and set(s["T"]) == {2} and set(s["epochs_done"]) == {2}
     for run in _runs(root):
         assert json.loads((run / "config.json").read_text())["T"] == 2
-    stale = list((root / "results" / "checkpoints").rglob("ckpt.pt.stale"))
-    assert len(stale) == 2  # the old checkpoints are kept, moved aside
-    # the same as a study run with T = 2 from the start
-    fresh = _new_study(tmp_path / "fresh", T=2)
-    assert snakemake(fresh, *TARGETS).returncode == 0
-    _assert_same(_state(root), _state(fresh))
+        assert list(pd.read_csv(run / "metrics.csv").epoch) == [1, 2]
+        log = (root / "results" / "logs" / "train" / run.relative_to(root / "results" / "runs")).with_suffix(".log")
+        assert "resuming" not in log.read_text() and "starting afresh" in log.read_text()
+    assert len(list((root / "results" / "checkpoints").rglob("ckpt.pt.stale"))) == 2
 
 
-@pytest.mark.parametrize("kill_when", ["checkpoint", "final"])
-def test_sigkill_then_unlock_and_rerun_incomplete_equals_uninterrupted(reference, tmp_path, kill_when):
-    """Kill snakemake and its jobs (SIGKILL to the process group, as a node failure would) while
-    a train job runs (its first checkpoint exists) or once the first run has finished."""
-    root = _new_study(tmp_path / "killed")
-    cmd = ["timeout", "-s", "KILL", "240", SNAKEMAKE, *TARGETS, "-s", str(SNAKEFILE), "--cores", "2",
+def _start_and_kill(root: Path, where: Path, pattern: str, *extra: str) -> None:
+    """Start the study, SIGKILL snakemake and its jobs (the process group, as a lost node would)
+    as soon as a file ``pattern`` exists under ``where``."""
+    cmd = ["timeout", "-s", "KILL", "240", SNAKEMAKE, *TARGETS, *extra, "-s", str(SNAKEFILE), "--cores", "2",
            "--configfile", "study.yaml"]
     proc = subprocess.Popen(cmd, cwd=root, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    pattern = "ckpt.pt" if kill_when == "checkpoint" else "final.json"
-    where = root / "results" / ("checkpoints" if kill_when == "checkpoint" else "runs")
-    deadline = time.time() + 200
+    deadline = time.time() + 230
     try:
         while time.time() < deadline and proc.poll() is None:
             if where.exists() and any(where.rglob(pattern)):
@@ -154,8 +148,21 @@ def test_sigkill_then_unlock_and_rerun_incomplete_equals_uninterrupted(reference
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     assert not (root / "results" / "summary.csv").exists(), "the study finished before it could be killed"
+
+
+def test_sigkill_twice_then_unlock_and_rerun_incomplete_equals_uninterrupted(reference, tmp_path):
+    """Killed while the train jobs run (a first checkpoint exists), restarted as the docs say
+    (--unlock, then --rerun-incomplete), killed again once the first run has finished, restarted
+    again: the same tables and run files as an uninterrupted study."""
+    root = _new_study(tmp_path / "killed")
+    _start_and_kill(root, root / "results" / "checkpoints", "ckpt.pt")
+    assert not any((root / "results").rglob("final.json"))
+    locked = snakemake(root, *TARGETS, "--rerun-incomplete")
+    assert locked.returncode != 0 and "unlock" in locked.stdout  # the stale lock, as documented
     res = snakemake(root, "--unlock")
     assert res.returncode == 0, res.stdout[-3000:]
+    _start_and_kill(root, root / "results" / "runs", "final.json", "--rerun-incomplete")
+    assert snakemake(root, "--unlock").returncode == 0
     res = snakemake(root, *TARGETS, "--rerun-incomplete")
     assert res.returncode == 0, res.stdout[-4000:]
     _assert_same(_state(root), reference[1])
