@@ -79,11 +79,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config, args.set)
     _threads(args.threads)
-    device = train.pick_device(args.device)
-    # What the job was given (e.g. a SLURM GPU allocation) next to what torch uses.
-    print(f"pcn train: device {device.type} (cuda available: {train.torch.cuda.is_available()}, "
-          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})", file=sys.stderr, flush=True)
-    final = train.train(cfg, args.out, args.ckpt_dir, args.device, restart_if_changed=args.restart_if_changed)
+
+    def started(device) -> None:
+        # What the job was given (e.g. a SLURM GPU allocation) next to what torch uses; printed
+        # once every check has passed, so a refused run prints only its one error line.
+        print(f"pcn train: device {device.type} (cuda available: {train.torch.cuda.is_available()}, "
+              f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})", file=sys.stderr, flush=True)
+
+    final = train.train(cfg, args.out, args.ckpt_dir, args.device, restart_if_changed=args.restart_if_changed,
+                        on_start=started)
     status = "DIVERGED" if final["diverged"] else "done"
     print(f"{status}: test_acc {final['test_acc']} recon_mse {final['recon_mse']} -> {args.out}/final.json")
     return 0

@@ -217,7 +217,7 @@ def _fail_once_after(epoch: int, out: Path) -> None:
 
 def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device: str = "auto",
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-          restart_if_changed: bool = False) -> dict:
+          restart_if_changed: bool = False, on_start: Callable[[torch.device], None] | None = None) -> dict:
     """Train one run to completion (or divergence); return the final metrics dict.
 
     Everything that can refuse the run (config, paths, data, a run folder or checkpoint of
@@ -245,6 +245,8 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
             path, old_ck, diff = other[0]
             raise RefusedError(_refusal("checkpoint", path, diff, old_ck["config"], cfg, out, ckpt_path))
 
+    if on_start is not None:
+        on_start(dev)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     for path, reason, why in damaged:
