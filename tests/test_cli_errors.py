@@ -78,6 +78,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
     bad_final.mkdir()
     (bad_final / "final.json").write_text('{"test_acc": 0.5, ')
     f["bad_final_run"] = bad_final
+    bad_metrics = d / "bad_metrics_run"
+    bad_metrics.mkdir()
+    (bad_metrics / "final.json").write_bytes((run / "final.json").read_bytes())
+    (bad_metrics / "metrics.csv").write_text("")
+    f["bad_metrics_run"] = bad_metrics
     f["empty_csv"] = d / "empty.csv"
     f["empty_csv"].write_text("")
     return f
@@ -123,6 +128,8 @@ CASES = [
     (["aggregate", "--runs", "{bad_final_run}", "--out", "{tmp}/s.csv"], 1, "final.json"),
     (["figure", "tradeoff", "--summary", "{tmp}/no_table.csv", "--out", "{tmp}/f.png"], 1, "no_table.csv"),
     (["figure", "tradeoff", "--summary", "{empty_csv}", "--out", "{tmp}/f.png"], 1, "empty.csv"),
+    (["aggregate", "--runs", "{bad_metrics_run}", "--curves-out", "{tmp}/c.csv"], 1, "metrics.csv"),
+    (["figure", "images", "--images", "{regular}", "--out", "{tmp}/f.png"], 1, "regular_file"),
 ]
 
 

@@ -130,7 +130,11 @@ def _attach(summary: pd.DataFrame, filename: str, missing_ok: bool,
             if missing_ok:
                 continue
             raise FileNotFoundError(f"run {row['run']}: {path} is missing")
-        table = pd.read_csv(path).rename(columns=rename or {})
+        try:
+            table = pd.read_csv(path).rename(columns=rename or {})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise RunError(f"run {row['run']}: {path} is not a readable CSV table "
+                           f"({str(err).splitlines()[0]}); re-run the job that writes it") from None
         if table.empty:
             continue
         clash = sorted(set(table.columns) & ({"run"} | set(cols)))

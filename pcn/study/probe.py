@@ -282,7 +282,11 @@ def _alignment(args: argparse.Namespace, model: torch.nn.Module, cfg: dict, ds: 
     if not isinstance(model, PCN):
         return pd.DataFrame(columns=alignment.COLUMNS)
     dev = next(model.parameters()).device
-    final = json.loads((Path(args.run) / "final.json").read_text()) if (Path(args.run) / "final.json").exists() else {}
+    try:
+        final = json.loads((Path(args.run) / "final.json").read_text())
+    except (OSError, ValueError):  # missing or damaged: the epoch of the final weights is then unknown
+        final = {}
+    final = final if isinstance(final, dict) else {}
     sources = [("init", 0, build_model(cfg).to(dev)), ("final", final.get("epochs_done"), model)]
     for path in args.checkpoints:
         m, _, epoch = load_weights(path, str(dev))
