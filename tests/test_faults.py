@@ -195,3 +195,13 @@ def test_runs_record_code_version_and_data_files(ref):
     assert json.loads(row["data_files"])["test_labels"]["sha256"] == sums["t10k-labels-idx1-ubyte.gz"]
     assert row["code_sha256"] == json.loads((ref / "final.json").read_text())["code_sha256"]
     assert "data_files" not in aggregate.factor_columns(aggregate.aggregate([ref, ref]))
+
+
+def test_code_hash_follows_the_source(tmp_path):
+    from pcn.study import provenance
+
+    copy = tmp_path / "pcn"
+    shutil.copytree(provenance.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert provenance.source_sha256(copy) == provenance.code_version()["code_sha256"]
+    (copy / "study" / "train.py").write_text((copy / "study" / "train.py").read_text() + "\n# changed\n")
+    assert provenance.source_sha256(copy) != provenance.code_version()["code_sha256"]

@@ -43,7 +43,9 @@ def _git(*args: str) -> str | None:
 @lru_cache(maxsize=1)
 def code_version() -> dict:
     """{code_commit, code_dirty, code_sha256} of the running ``pcn`` package (see the module doc)."""
-    commit = _git("rev-parse", "HEAD")
+    # Only a checkout that tracks this package counts (not, say, a project whose venv holds it).
+    tracked = _git("ls-files", "--error-unmatch", "__init__.py") is not None
+    commit = _git("rev-parse", "HEAD") if tracked else None
     dirty = None
     if commit is not None:
         status = _git("status", "--porcelain", "--untracked-files=no")
