@@ -34,7 +34,12 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from pcn.errors import PcnError
 from pcn.outputs.naming import fmt_value, parse_run_dir
+
+
+class RunError(PcnError, ValueError):
+    """A run folder's file is damaged (``pcn aggregate`` reports it as one line)."""
 
 #: Factor columns always carried into the curves and traces tables (when the
 #: runs have them); config keys that differ between runs are added to these.
@@ -70,8 +75,10 @@ def read_final(run_dir: str | Path) -> dict:
         raise FileNotFoundError(f"run {run_dir}: {path} is missing (did the run finish?)")
     try:
         final = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"run {run_dir}: {path} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"run {run_dir}: {path} is not valid JSON ({err}); re-run the run's training") from None
+    if not isinstance(final, dict):
+        raise RunError(f"run {run_dir}: {path} holds a {type(final).__name__}, not a JSON object; re-run the run's training")
     row = {"run": str(run_dir)}
     # Factors named in the folder are a fallback for keys final.json lacks.
     for key, value in parse_run_dir(str(run_dir)).items():
@@ -158,7 +165,11 @@ def _attach(summary: pd.DataFrame, filename: str, missing_ok: bool,
             if missing_ok:
                 continue
             raise FileNotFoundError(f"run {row['run']}: {path} is missing")
-        table = pd.read_csv(path).rename(columns=rename or {})
+        try:
+            table = pd.read_csv(path).rename(columns=rename or {})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise RunError(f"run {row['run']}: {path} is not a readable CSV table "
+                           f"({str(err).splitlines()[0]}); re-run the job that writes it") from None
         if table.empty:
             continue
         clash = sorted(set(table.columns) & ({"run"} | set(cols)))

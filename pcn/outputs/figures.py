@@ -669,8 +669,20 @@ def _read(path: str | None, what: str, required: bool):
     if what == "images":
         from pcn.outputs.aggregate import read_images
 
-        return read_images(path)
-    return pd.read_csv(path)
+        import zipfile
+
+        try:
+            return read_images(path)
+        except (ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
+            from pcn.errors import PcnError
+
+            raise PcnError(f"--images {path}: not a readable images table ({type(err).__name__}: {err})") from None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        from pcn.errors import PcnError
+
+        raise PcnError(f"--{what.replace('_', '-')} {path}: not a readable CSV table ({str(err).splitlines()[0]})") from None
 
 
 #: figure name -> (function of the tables, tables it needs); every function also uses the

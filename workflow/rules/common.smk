@@ -76,7 +76,7 @@ def _build_runs(cfg):
         if pcn_config.undefined_point({**pcn_config.defaults(), **base, **factors}):
             continue  # e.g. rule pc at w = 1 (pcn.study.config.undefined_point says why)
         try:
-            resolved = pcn_config.resolve(base, factors)
+            resolved = pcn_config.resolve(base, factors, for_run=True)
         except pcn_config.ConfigError as err:
             raise StudyConfigError(f"invalid grid point {factors}: {err}")
         # `ae` runs ignore the learning rule; resolve() records it as bp.

@@ -42,4 +42,4 @@ rule train:
         gpu=RES["train"]["gpu"],
     shell:
         "pcn train --config {input.cfg:q} --out {params.out:q} --ckpt-dir {params.ckpt:q}"
-        " --device {params.device} --threads {threads} > {log:q} 2>&1"
+        " --device {params.device} --threads {threads} --restart-if-changed > {log:q} 2>&1"
