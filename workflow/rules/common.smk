@@ -112,7 +112,9 @@ def _read_config():
     try:
         validate(config, SCHEMA)
     except WorkflowError as err:
-        cause = next((a for a in err.args if hasattr(a, "absolute_path")), None)
+        cause = err.__context__  # the jsonschema ValidationError
+        if not hasattr(cause, "absolute_path"):
+            cause = None
         raise config_error(
             _describe(cause) if cause is not None else str(err)
         ) from None
