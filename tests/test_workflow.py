@@ -276,7 +276,8 @@ echo 4242
 
 
 def test_slurm_profile_submits_gpu_job_with_fake_sbatch(tmp_path):
-    """`--profile slurm` hands train jobs to sbatch with partition, memory, time, CPUs and one GPU."""
+    """`--profile slurm` hands train jobs to sbatch with partition, memory, time, CPUs and one GPU,
+    all of them at once: the workflow profile's local cap (gpu=1) does not hold them back."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(FAKE_SBATCH)
@@ -287,19 +288,22 @@ def test_slurm_profile_submits_gpu_job_with_fake_sbatch(tmp_path):
     work = tmp_path / "work"
     (work / "results" / "data").mkdir(parents=True)
     (work / "results" / "data" / "mnist.done").write_text("prepared\n")  # skip the data rule
-    cfg = {"data_dir": DATA_TEMPLATE, "device": "cuda", "train": {"epochs": 1}, "grid": GOOD_GRID,
-           "resources": {"train": {"threads": 3, "mem_mb": 1234, "runtime": 7}}}
+    grid = {**GOOD_GRID, "seed": [0, 1]}
+    cfg = {"data_dir": DATA_TEMPLATE, "device": "cuda", "train": {"epochs": 1}, "grid": grid,
+           "resources": {"train": {"threads": 3, "mem_mb": 1234, "runtime": "7m"}}}
     (work / "c.yaml").write_text(yaml.safe_dump(cfg))
     log = tmp_path / "sbatch.log"
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_SLURM_LOG=str(log))
-    target = f"results/runs/{run_dir({**{k: v[0] for k, v in GOOD_GRID.items()}})}/final.json"
-    cmd = ["timeout", "-s", "KILL", "60", SNAKEMAKE, target, "-s", str(SNAKEFILE),
+    targets = [f"results/runs/{run_dir({**{k: v[0] for k, v in GOOD_GRID.items()}, 'seed': s})}/final.json"
+               for s in (0, 1)]
+    cmd = ["timeout", "-s", "KILL", "90", SNAKEMAKE, *targets, "-s", str(SNAKEFILE),
            "--profile", str(ROOT / "slurm"), "--configfile", "c.yaml"]
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
-        deadline = time.time() + 55
-        while time.time() < deadline and proc.poll() is None and not log.exists():
+        deadline = time.time() + 85
+        while time.time() < deadline and proc.poll() is None and (
+                not log.exists() or len(log.read_text().splitlines()) < 2):
             time.sleep(0.5)
         time.sleep(0.5)
     finally:
@@ -307,11 +311,76 @@ def test_slurm_profile_submits_gpu_job_with_fake_sbatch(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         out = proc.communicate()[0]
     assert log.exists(), out[-3000:]
-    call = log.read_text()
-    assert re.search(r"(^| )-p gpu( |$)", call), call
-    assert "--gpus=1" in call and "--mem 1234" in call and "-t 7" in call
-    assert "--cpus-per-task=3" in call
-    assert "--allowed-rules train" in call
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2, out[-3000:]
+    for call in calls:
+        assert re.search(r"(^| )-p gpu( |$)", call), call
+        assert "--gpus=1" in call and "--mem 1234" in call and "-t 7" in call
+        assert "--cpus-per-task=3" in call
+        assert "--allowed-rules train" in call
+
+
+def test_slurm_dry_run_shows_real_threads(tmp_path):
+    """The documented SLURM dry run (with --cores) shows each job's own threads, not 1."""
+    cfg = {"data_dir": DATA_TEMPLATE, "grid": GOOD_GRID, "resources": {"train": {"threads": 6}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake("-n", "-p", "--profile", str(ROOT / "slurm"), "--configfile", "c.yaml", "--cores", "64",
+                    cwd=tmp_path, timeout=90)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert re.findall(r"pcn train .*--threads (\d+)", res.stdout) == ["6"]
+    for doc in ("README.md", "docs/workflow.md"):
+        assert "snakemake -n --profile slurm --configfile config/thesis.yaml --cores 64" in (ROOT / doc).read_text()
+
+
+# --------------------------------------------------------------------------- the checkout's code
+MARK_CODE = """import os as _os, sys as _sys
+if _os.environ.get("PCN_TEST_MARK"):
+    with open(_os.environ["PCN_TEST_MARK"], "a") as _fh:
+        _fh.write(__file__ + "\\n")
+"""
+
+
+def test_second_clone_runs_its_own_code_and_rerun_switch(tmp_path):
+    """A second clone's jobs import that clone's pcn/ (not the pip-installed one), also when run
+    from another folder; with rerun_on_code_change a job re-runs when the pcn code it runs
+    changes (and only then), without it editing pcn/ re-runs nothing."""
+    clone = tmp_path / "clone"
+    for d in ("workflow", "config", "pcn"):
+        shutil.copytree(ROOT / d, clone / d, ignore=shutil.ignore_patterns("__pycache__", "profiles"))
+    init = clone / "pcn" / "__init__.py"
+    init.write_text(MARK_CODE + init.read_text())
+    work, mark = tmp_path / "work", tmp_path / "imports.txt"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # pcn: only the installed one
+    env["PCN_TEST_MARK"] = str(mark)
+    target = "results/data/mnist.done"
+
+    def run(*args, switch=True):
+        cmd = ["timeout", "-s", "KILL", "120", SNAKEMAKE, target, "-s", str(clone / "workflow" / "Snakefile"),
+               "--cores", "1", "--configfile", str(clone / "config" / "test.yaml"),
+               "--config", f"data_dir={DATA_TEMPLATE}", f"rerun_on_code_change={str(switch).lower()}", *args]
+        res = subprocess.run(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert res.returncode == 0, res.stdout[-3000:]
+        return res.stdout
+
+    run()
+    imported = mark.read_text().splitlines()
+    assert (work / target).exists()
+    # the Snakefile and the data job (python -m pcn data) both imported the clone's pcn
+    assert len(imported) >= 2 and set(imported) == {str(init)}, imported
+    assert "Nothing to be done" in run("-n")
+
+    figures_py = clone / "pcn" / "outputs" / "figures.py"
+    figures_py.write_text(figures_py.read_text() + "\n# edited\n")
+    assert "Nothing to be done" in run("-n")  # the data job does not run figures.py
+    data_py = clone / "pcn" / "study" / "data.py"
+    data_py.write_text(data_py.read_text() + "\n# edited\n")
+    out = run("-n")
+    assert "rule data:" in out and "Params have changed" in out, out[-2000:]
+
+    run(switch=False)  # off: the job's params change once (hash -> "off") ...
+    data_py.write_text(data_py.read_text() + "\n# edited again\n")
+    assert "Nothing to be done" in run("-n", switch=False)  # ... and code edits re-run nothing
 
 
 # --------------------------------------------------------------------------- figures

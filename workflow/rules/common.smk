@@ -98,6 +98,9 @@ def _read_config():
             f"unknown config key(s) {', '.join(map(repr, unknown))}; "
             f"allowed top-level keys: {', '.join(allowed)}"
         )
+    for key, prop in schema["properties"].items():  # --config key=true gives text
+        if prop.get("type") == "boolean" and isinstance(config.get(key), str):
+            config[key] = pcn_config.parse_value(config[key])
     for key in ("train", "grid"):
         if isinstance(config.get(key), dict):
             config[key] = _typed_section(key, key)
