@@ -73,12 +73,11 @@ def study_config(device: str) -> dict:
 
 
 def make_copy(dest: Path, cfg: dict) -> Path:
-    """A working copy of the workflow (Snakefile, workflow/, config/, slurm/) plus the study config.
+    """A working copy of the repository (workflow/, config/, slurm/, pcn/) plus the study config.
 
-    `pcn` itself is the pip-installed (editable) package, the same code for both copies."""
+    Jobs run the copy's own `pcn` (python -m pcn with the copy first on PYTHONPATH)."""
     dest.mkdir(parents=True)
-    shutil.copy2(ROOT / "Snakefile", dest / "Snakefile")
-    for d in ("workflow", "config", "slurm"):
+    for d in ("workflow", "config", "slurm", "pcn"):
         shutil.copytree(ROOT / d, dest / d, ignore=shutil.ignore_patterns("__pycache__"))
     (dest / "config" / "e2e.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return dest
