@@ -351,12 +351,19 @@ REPORT = "results/report.html"
 
 
 def build_report(log):
-    """After a successful run (onsuccess; not in a dry run): results/report.html, with every
-    figure and table and their captions, from a second `snakemake --report` on the same
-    config.  A failure is a warning: the results themselves are done."""
+    """After a successful run (onsuccess; not in a dry run) that leaves every output of the
+    study in place: results/report.html, with every figure and table and their captions, from
+    a second `snakemake --report` on the same config.  A failure is a warning: the results
+    themselves are done."""
     import subprocess
     import tempfile
 
+    missing = [f for f in final_targets() if not os.path.exists(f)]
+    if missing:  # a run of some targets only: the study is not complete
+        logger.info(
+            f"{REPORT} not built: {len(missing)} outputs of the study are missing"
+        )
+        return
     with tempfile.NamedTemporaryFile(
         "w", prefix="pcn-config-", suffix=".yaml", delete=False
     ) as fh:
