@@ -203,6 +203,15 @@ def test_bad_config_fails_at_parse_time_with_one_line(tmp_path, patch, key):
     assert len(lines) < 15, res.stdout[-3000:]
 
 
+def test_apptainer_alone_is_refused(tmp_path):
+    """The global container is a bare Miniforge image: `--sdm apptainer` without conda would run
+    every job without torch, so it stops at parse time with one line saying what to use."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"data_dir": DATA_TEMPLATE, "grid": GOOD_GRID}))
+    res = snakemake("-n", "--cores", "1", "--configfile", "c.yaml", "--sdm", "apptainer", cwd=tmp_path, timeout=60)
+    assert res.returncode != 0 and "use --sdm conda apptainer" in res.stdout, res.stdout[-2000:]
+    assert "Job stats" not in res.stdout
+
+
 GOOD_YAML = """\
 data_dir: {data}
 train:

@@ -144,6 +144,21 @@ def _describe(err):
 _read_config()
 
 
+def _check_deployment():
+    """`--sdm apptainer` alone would run jobs in the bare Miniforge image (no torch)."""
+    from snakemake.settings.types import DeploymentMethod
+
+    methods = getattr(workflow.deployment_settings, "deployment_method", None) or ()
+    if DeploymentMethod.APPTAINER in methods and DeploymentMethod.CONDA not in methods:
+        raise WorkflowError(
+            "--sdm apptainer needs conda too: use --sdm conda apptainer (the workflow's "
+            "container is a bare Miniforge image that the conda env fills)"
+        )
+
+
+_check_deployment()
+
+
 # --------------------------------------------------------------------------- data folders
 def _data_template():
     return config.get("data_dir") or os.environ.get("PCN_DATA_DIR")
