@@ -540,7 +540,7 @@ def test_end_to_end_test_config(tmp_path):
     """config/test.yaml on real MNIST subsets: tables (CSV and Parquet), figures and the report
     come out of the one command; a re-run is a no-op."""
     common = ["--configfile", str(ROOT / "config" / "test.yaml"), "--config", f"data_dir={DATA_TEMPLATE}"]
-    res = snakemake("--cores", "2", *common, cwd=tmp_path, timeout=420)
+    res = snakemake("--cores", "2", *common, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stdout[-5000:]
     results = tmp_path / "results"
 
