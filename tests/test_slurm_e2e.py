@@ -256,7 +256,8 @@ def test_study_on_slurm_matches_local_run(slurm_cluster, tmp_path, mnist_dir):  
     local_out = (tmp_path / "local.out").read_text(errors="replace")
     assert local_rc == 0, f"local run exited {local_rc}:\n{local_out[-4000:]}"
     assert slurm_rc == 0, f"slurm run exited {slurm_rc} after {wall:.0f} s:\n{slurm_out[-6000:]}\n{c.log_tails()}"
-    assert "Using profile slurm" in slurm_out
+    # the slurm profile, with the workflow profile (workflow/profiles/default) on top
+    assert "Using profiles slurm and workflow specific profile" in slurm_out
 
     # ---- the same outputs as the local end-to-end run
     L, S = local / "results", remote / "results"
