@@ -80,9 +80,8 @@ def _typed_section(section, key):
         return value
     out = {}
     for k, v in value.items():
-        v = (
-            _typed(v) if section == "grid" and isinstance(v, str) else v
-        )  # "[0, 1]" -> list
+        if section == "grid" and isinstance(v, str):
+            v = _typed(v)  # a grid value given as text, "[0, 1]", is a list
         out[k] = _typed(v, k)
     return out
 
