@@ -23,7 +23,7 @@ def impl(request):
 
 
 def _cfg(**kw):
-    base = dict(layers=[10, 8, 6, 4], T=6, eta=0.1, init="amortised", ce_weight=0.5, momentum=0.0)
+    base = dict(layers=[10, 8, 6, 4], T=6, eta=0.1, init="amortised", ce_weight=0.5, momentum=0.0, energy_norm="sum")
     base.update(kw)
     return config.resolve(base)
 

@@ -19,6 +19,11 @@
   ``RUN/clamp/generated.npy`` (kind generated) and ``RUN/clamp/clamp_images.npz``
   (kinds original, occluded, completed).
 
+With ``--parquet`` each long table (all but the summary) is also written as Parquet beside
+its CSV (same name, ``.parquet``): typed columns, and list-valued config keys such as
+``layers`` kept as lists instead of the CSV's ``784-256-32`` text.  The columns of every
+table are described in docs/results-tables.md.
+
 Runs lacking a probe file (e.g. ``ae`` runs have no trace) are skipped.  Every table
 carries ``run`` and the same factor columns, so any figure can be redrawn from these
 tables without touching the runs.
@@ -285,6 +290,47 @@ def _write(df: pd.DataFrame, out: str) -> None:
     df.to_csv(out, index=False)
 
 
+def _list_value(v):
+    """``784-256-32`` (a list flattened by fmt_value) -> [784, 256, 32]; others unchanged."""
+    if not isinstance(v, str):
+        return v
+    parts = v.split("-")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        try:
+            return [float(p) for p in parts]
+        except ValueError:
+            return v
+
+
+def parquet_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` ready for Parquet: list-valued config keys (``layers``) as lists again, and
+    columns mixing value types (e.g. the trace's ``layer``: 0, 1, ..., "all") as text."""
+    from pcn.study.config import defaults
+
+    list_keys = {k for k, v in defaults().items() if isinstance(v, list)}
+    out = df.copy()
+    for col in out.columns:
+        if col in list_keys:
+            out[col] = out[col].map(_list_value)
+            continue
+        if out[col].dtype != object:
+            continue
+        kinds = {type(v) for v in out[col] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        if len(kinds) > 1:
+            out[col] = out[col].map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    return out
+
+
+def write_parquet(df: pd.DataFrame, out: str | Path) -> Path:
+    """Write ``df`` as Parquet (pyarrow) at ``out``; returns the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parquet_frame(df).to_parquet(out, index=False, engine="pyarrow")
+    return out
+
+
 def _read_list(path: str) -> list[str]:
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
@@ -310,6 +356,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="clamping modes of all runs (clamp/clamp.csv), one row per run x mode x label x metric")
     parser.add_argument("--images-out", metavar="NPZ",
                         help="images of all runs (images.npz and clamp images), one row per image")
+    parser.add_argument("--parquet", action="store_true",
+                        help="also write each long table (--curves-out, --traces-out, ...) as Parquet "
+                             "beside its CSV (same name, .parquet)")
     parser.add_argument("--clamp-runs", nargs="*", metavar="DIR",
                         help="with --images-out: read clamp images of these runs only (default: wherever present)")
 
@@ -335,6 +384,8 @@ def run(args: argparse.Namespace) -> int:
             table = fn(run_dirs, summary)
             _write(table, out)
             print(f"wrote {out}: {len(table)} rows")
+            if getattr(args, "parquet", False):
+                print(f"wrote {write_parquet(table, Path(out).with_suffix('.parquet'))}")
     if getattr(args, "images_out", None):
         imgs = images(run_dirs, getattr(args, "clamp_runs", None))
         _write_images(imgs, args.images_out)
