@@ -199,8 +199,9 @@ def resolve(base: dict | None = None, overrides: dict | None = None, for_run: bo
         cfg.update(copy.deepcopy(source))
     cfg = coerce(cfg)
     validate(cfg, for_run)
-    if cfg["model"] == "ae":
+    if cfg["model"] == "ae":   # ae runs ignore rule and init: one canonical value each
         cfg["rule"] = "bp"
+        cfg["init"] = defaults()["init"]
     return cfg
 
 

@@ -7,6 +7,8 @@ rule aggregate:
     input:
         finals=[f"{r}/final.json" for r in RUNS],
         metrics=[f"{r}/metrics.csv" for r in RUNS],
+        # the summary's step-0 / T / 10 T columns come from the probe traces
+        traces=[f"{r}/trace.csv" for r in PCN_RUNS],
     output:
         summary=report(
             "results/summary.csv",

@@ -216,8 +216,10 @@ def _build_runs(cfg):
             resolved = pcn_config.resolve(base, factors, for_run=True)
         except pcn_config.ConfigError as err:
             raise config_error(f"invalid grid point {factors}: {err}")
-        # `ae` runs ignore the learning rule; resolve() records it as bp.
+        # `ae` runs ignore the learning rule and init; resolve() records one value of each.
         factors["rule"] = resolved["rule"]
+        if "init" in factors:
+            factors["init"] = resolved["init"]
         try:
             path = f"{RUNS_ROOT}/{run_dir(factors)}"
         except ValueError as err:
@@ -527,7 +529,7 @@ LONG_TABLES = ["curves", "traces", "sensitivity", "linear_probes", "alignment", 
 def figure_targets():
     names = ["tradeoff", "ce_weight", "curves", "probes", "images"]
     if PCN_RUNS:
-        names += ["inference", "sensitivity", "alignment"]
+        names += ["inference", "inference_gain", "sensitivity", "alignment"]
     return [f"results/figures/{n}.{ext}" for n in names for ext in ("png", "pdf")]
 
 

@@ -45,6 +45,28 @@ rule figure_ce_weight:
         "python -m pcn figure ce_weight --summary {input.summary:q} --out {output.png:q} > {log:q} 2>&1"
 
 
+rule figure_inference_gain:
+    input:
+        summary="results/summary.csv",
+    output:
+        png=report(
+            "results/figures/inference_gain.png",
+            caption="../report/inference_gain.rst",
+            category="Figures",
+            subcategory="Inference dynamics",
+        ),
+        pdf="results/figures/inference_gain.pdf",
+    log:
+        "results/logs/figures/inference_gain.log",
+    localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.figures"),
+    shell:
+        "python -m pcn figure inference_gain --summary {input.summary:q} --out {output.png:q} > {log:q} 2>&1"
+
+
 rule figure_inference:
     input:
         summary="results/summary.csv",
