@@ -15,7 +15,7 @@ the same four matrices.  Per inference step PCX multiplies by each matrix once f
 input); ours back-projects all four, including the data error through W_0 (784 x 128), since
 z_1 is inferred from eps_0.  Nominal matmul work per step is therefore 4 + 4 matrix products
 here against 4 + 3 in PCX (68.8 vs 43.0 MFLOP at batch 128).  Our loop does not execute the
-nominal count: the Gram form (pcn.core.inference, OPTIONS["gram"]) replaces the two per-step
+nominal count: the Gram form (pcn.fast.stacked, OPTIONS["gram"]) replaces the two per-step
 784 x 128 products of the clamped layer by one 128 x 128 product.
 
 FLOP counts (2 per multiply-add, matmuls only; d_l = layers[l], B = batch; "nominal" is the
@@ -29,7 +29,7 @@ textbook algorithm, "executed" what this code runs):
                       (+ amortiser: its forward pass, and its local regression: forward for
                     layers >= 1 (layer 0 reuses the guess) + gradient)
     bp                the T forward steps (no nudge) + their backward pass: nominal 2 products
-                      per forward product; executed (adjoint in pcn.core.inference) 4 per layer and
+                      per forward product; executed (adjoint in pcn.fast.adjoint) 4 per layer and
                       step, layer 0 under the Gram form 2 d_1 x d_1 ones; + final loss fwd/bwd
     infer             errors at z^0 + T steps (test mode, no label)
     baseline MLP      forward sum_i 2 B d_i d_{i+1}, backward 2x (no input gradient at layer 0)
@@ -59,9 +59,43 @@ import torch.nn.functional as F
 from torch import nn
 
 EPOCH = 60_000
-# PCX 0.6.3 (JAX, jitted), this machine's CPU, 784-128-128-128-10, batch 128 (issue 5):
-# seconds per 59,904-sample epoch, and torch's sgemm peak then.
-PCX_REF = {"pc_T5_s": 0.70, "pc_T20_s": 4.2, "bp_mlp_s": 0.50, "epoch": 59_904, "peak_gflops": 200.0}
+#: PCX's figures as stored: a past measurement, not one of this run.  PCX 0.6.3 (JAX, jitted),
+#: 784-128-128-128-10, batch 128, seconds per 59,904-sample epoch, with the plain PyTorch MLP timed
+#: beside it; reported in issue 5, on the 2-core CPU of docs/performance.md in its fast state.
+PCX_PAST = {"date": "date not recorded: issue 5, stored here since 2026-11-27",
+            "machine": "2-core AMD EPYC CPU, 2 threads, fast state: PyTorch MLP 0.50 s per epoch",
+            "baseline_mlp_s": 0.50, "pc_T5_s": 0.70, "pc_T20_s": 4.2, "epoch": 59_904}
+#: the keys of a ``--pcx-json`` file (``epoch``, samples per epoch, is optional: 59,904)
+PCX_KEYS = ("date", "machine", "baseline_mlp_s", "pc_T5_s", "pc_T20_s")
+PCX_JSON_HELP = ("PCX's figures measured in this same session, a JSON object: {\"date\": \"2026-11-30 07:40 UTC\", "
+                 "\"machine\": \"2-core EPYC, slow state\", \"baseline_mlp_s\": 1.80, \"pc_T5_s\": 2.12, "
+                 "\"pc_T20_s\": 11.31} (seconds per 59,904-sample epoch of PCX's benchmark: its PyTorch MLP and "
+                 "PCX at T = 5 and 20; optional \"epoch\": samples per epoch).  Without it the stored figures "
+                 "(a past measurement) are printed as such, with no ratio claimed as measured")
+
+
+def read_pcx_json(path: str) -> dict:
+    """PCX's figures from ``path`` (format: PCX_JSON_HELP); a one-line SystemExit naming the file and
+    what is wrong with it."""
+    where = f"pcn bench: --pcx-json {path}"
+    try:
+        with open(path) as fh:
+            ref = json.load(fh)
+    except OSError as e:
+        raise SystemExit(f"{where}: cannot read it ({e.strerror})")
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{where}: not JSON ({e.msg}, line {e.lineno})")
+    if not isinstance(ref, dict):
+        raise SystemExit(f"{where}: not a JSON object")
+    missing = [k for k in PCX_KEYS if k not in ref]
+    if missing:
+        raise SystemExit(f"{where}: missing key {', '.join(map(repr, missing))} (needs {', '.join(PCX_KEYS)})")
+    for k in ("baseline_mlp_s", "pc_T5_s", "pc_T20_s", "epoch"):
+        v = ref.get(k, 1)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise SystemExit(f"{where}: key {k!r} must be a positive number, not {v!r}")
+    return {"epoch": PCX_PAST["epoch"], **ref, "file": path}
+
 
 NETS = {
     "ref": dict(layers=[784, 128, 128, 128, 10], batch=128),
@@ -160,9 +194,9 @@ def peak_step_memory(step: Callable[[], None], device: torch.device) -> int:
         step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    from pcn.core import inference
+    from pcn.fast import stacked
 
-    inference._POOL.clear()              # count the adjoint's stacks as fresh allocations
+    stacked._POOL.clear()              # count the adjoint's stacks as fresh allocations
     with _LiveBytes() as m:
         step()
     return m.peak
@@ -214,9 +248,11 @@ def _cycle(xs, ys):
 
 def make_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
     from pcn.study import config
-    from pcn.core.inference import infer, init_latents, use_gram
+    from pcn.core.inference import init_latents
     from pcn.core.model import PCN
-    from pcn.core.rules import RULES
+    from pcn.fast.dispatch import infer
+    from pcn.fast.rules import rule
+    from pcn.fast.stacked import use_gram
     from pcn.study.train import build_optimizer
 
     nets = ["tiny"] if args.tiny else (["ref"] + ([] if args.quick else ["wide"]))
@@ -270,7 +306,7 @@ def make_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
                             infer(model, x, init_latents(model, x, cfg["init"]), cfg["T"], cfg["eta"],
                                   momentum=cfg["momentum"])
                 else:
-                    def step(model=model, cfg=cfg, opt=opt, nxt=nxt, rule=RULES[kind]):
+                    def step(model=model, cfg=cfg, opt=opt, nxt=nxt, rule=rule(kind)):
                         x, y = nxt()
                         terms = rule(model, x, y, cfg)
                         [float(terms[k]) for k in ("loss", "energy", "ce")]  # as pcn.study.train does
@@ -350,31 +386,28 @@ def summarise(cases: list[Case], peaks: list[Case]) -> dict:
     return {"peak_gflops": pk, "peak_gflops_max": peak, "cases": rows}
 
 
-def compare_pcx(summary: dict) -> dict:
-    """Our ref numbers against PCX's (issue 5), as measured and scaled to PCX's peak."""
+def compare_pcx(summary: dict, pcx: dict | None = None) -> dict:
+    """Our ref pc against PCX's figures: ``pcx`` (read_pcx_json: measured in this session, so the
+    ratios are as measured) or else the stored PCX_PAST (a past measurement, possibly in another
+    machine state: its ratios are not measured ones, and no scaling makes them so; the two
+    baseline-MLP figures show how far the states differ)."""
+    ref = pcx or PCX_PAST
     by = {r["case"]: r for r in summary["cases"]}
-    scale = summary["peak_gflops_max"] / PCX_REF["peak_gflops"]
-    out = {"our_peak_over_ref_peak": scale}
+    keep = ("date", "machine", "file", "epoch", "baseline_mlp_s", "pc_T5_s", "pc_T20_s")
+    out = {"pcx": {k: ref.get(k) for k in keep}, "same_session": pcx is not None}
     b = by.get("ref/baseline")
-    pcx_mlp = PCX_REF["epoch"] / PCX_REF["bp_mlp_s"]
-    # the machine's state, gauged by our MLP against the reference MLP (0.50 s) measured with PCX
-    bscale = b["samples_per_s"] / pcx_mlp if b is not None else None
+    if b is not None:
+        out["baseline"] = {"samples_per_s": b["samples_per_s"],
+                           "pcx_baseline_samples_per_s": ref["epoch"] / ref["baseline_mlp_s"]}
     for T in (5, 20):
         r = by.get(f"ref/pc/T{T}")
-        if r is None:
-            continue
-        pcx = PCX_REF["epoch"] / PCX_REF[f"pc_T{T}_s"]
-        out[f"pc_T{T}"] = {"samples_per_s": r["samples_per_s"], "pcx_samples_per_s": pcx,
-                           "speedup_vs_pcx": r["samples_per_s"] / pcx,
-                           "speedup_vs_pcx_at_equal_peak": r["samples_per_s"] / scale / pcx,
-                           "speedup_vs_pcx_at_equal_baseline": r["samples_per_s"] / bscale / pcx if bscale else None,
-                           "target": 1.5 if T == 20 else 1.0}
+        if r is not None:
+            theirs = ref["epoch"] / ref[f"pc_T{T}_s"]
+            out[f"pc_T{T}"] = {"samples_per_s": r["samples_per_s"], "pcx_samples_per_s": theirs,
+                               "speedup_vs_pcx": r["samples_per_s"] / theirs, "target": 1.5 if T == 20 else 1.0}
         bp = by.get(f"ref/bp/T{T}")
         if bp is not None:
             out[f"bp_over_pc_T{T}"] = {"ratio": bp["ratio_to_pc"], "target_max": 3.0}
-    if b is not None:
-        out["baseline"] = {"samples_per_s": b["samples_per_s"], "ref_samples_per_s": pcx_mlp,
-                           "speed_vs_ref_at_equal_peak": b["samples_per_s"] / scale / pcx_mlp}
     return out
 
 
@@ -389,6 +422,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="latent initialisation (default: the training default, amortised)")
     p.add_argument("--ce-weight", type=float, default=0.5, help="CE weight w of the pc/bp cases")
     p.add_argument("--compile", action="store_true", help="also time pc and infer with torch.compile (compiles first)")
+    p.add_argument("--reference", action="store_true",
+                   help="also time the reference implementation (pcn.core) of every infer, pc and bp case")
     p.add_argument("--ablation", action="store_true",
                    help="also time pc/infer without the Gram form, bp with the lean adjoint, and bp through "
                         "autograd instead of the adjoint")
@@ -401,29 +436,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="store_true",
                    help="also profile the pc and bp cases (torch.profiler): time shares per op group")
     p.add_argument("--json", help="write all results to this JSON file")
+    p.add_argument("--pcx-json", metavar="FILE", help=PCX_JSON_HELP)
 
 
 def _variant(c: Case, tag: str, options: dict) -> Case:
-    """Case ``c`` run with pcn.core.inference.OPTIONS overridden."""
-    from pcn.core import inference
+    """Case ``c`` run with pcn.fast.options.OPTIONS overridden."""
+    from pcn.fast.options import OPTIONS
 
     inner = c.step
 
     def step(inner=inner):
-        old = dict(inference.OPTIONS)
-        inference.OPTIONS.update(options)
+        old = dict(OPTIONS)
+        OPTIONS.update(options)
         try:
             inner()
         finally:
-            inference.OPTIONS.clear()
-            inference.OPTIONS.update(old)
+            OPTIONS.clear()
+            OPTIONS.update(old)
     return Case(f"{c.name}/{tag}", c.net, c.kind, c.T, c.batch, c.layers, step, c.flops, c.per_rep,
                 extra=dict(c.extra, variant=tag, options=options))
 
 
 def _compile_cases(cases: list[Case], log) -> list[Case]:
     """The infer and pc cases under torch.compile, with their compile time."""
-    from pcn.core import inference
+    from pcn.fast import compiled
 
     out = []
     for c in [c for c in cases if c.kind in ("infer", "pc") and "variant" not in c.extra]:
@@ -431,7 +467,7 @@ def _compile_cases(cases: list[Case], log) -> list[Case]:
         t0 = time.perf_counter()
         v.step()
         v.extra["compile_s"] = time.perf_counter() - t0
-        if inference._COMPILED.get("fn") is None:
+        if compiled._COMPILED.get("fn") is None:
             log("torch.compile unavailable; skipping the compiled cases")
             return []
         log(f"  compiled {c.name} in {v.extra['compile_s']:.1f} s")
@@ -524,6 +560,7 @@ def run(args: argparse.Namespace) -> int:
     from pcn.cli import _threads
     from pcn.study.train import pick_device
 
+    pcx = read_pcx_json(args.pcx_json) if args.pcx_json else None  # a bad file fails now, not after the run
     _threads(args.threads)
     device = pick_device(args.device)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
@@ -535,6 +572,9 @@ def run(args: argparse.Namespace) -> int:
         cases += _ablation_cases(cases)
     if args.compile:
         cases += _compile_cases(cases, log)
+    if args.reference:
+        cases += [_variant(c, "reference", {"reference": True}) for c in cases
+                  if c.kind in ("infer", "pc", "bp") and "variant" not in c.extra]
     log(f"pcn bench: {len(cases)} cases + {len(peaks)} sgemm peaks, {reps} repetitions, "
         f"{torch.get_num_threads()} threads, {device}")
     run_cases(cases + peaks, reps, 1, device, log)
@@ -552,12 +592,14 @@ def run(args: argparse.Namespace) -> int:
                      "fused_adam": args.fused_adam,
                      "mode": "tiny" if args.tiny else "quick" if args.quick else "full" if args.full else "default"},
         **summary,
-        "pcx": compare_pcx(summary),
+        "pcx": compare_pcx(summary, pcx),
         "profile": prof,
         "rss_peak_mb": _rss_peak_mb(),
         "wall_s": time.perf_counter() - t_start,
     }
     print(format_table(result))
+    if args.reference:
+        print(format_reference(result))
     if prof:
         print(format_profile(prof))
     if args.json:
@@ -565,6 +607,19 @@ def run(args: argparse.Namespace) -> int:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)
     return 0
+
+
+def format_reference(res: dict) -> str:
+    """One line per case timed on both paths: the fast path's speed-up over the reference,
+    both measured in this run."""
+    by_name = {r["case"]: r for r in res["cases"]}
+    lines = []
+    for name, r in by_name.items():
+        ref = by_name.get(f"{name}/reference")
+        if ref is not None:
+            lines.append(f"{name}: fast {r['s_per_epoch']:.2f} s/epoch, reference {ref['s_per_epoch']:.2f} "
+                         f"-> fast path x{ref['s_per_epoch'] / r['s_per_epoch']:.2f}")
+    return "\n".join(lines)
 
 
 def format_table(res: dict) -> str:
@@ -581,15 +636,35 @@ def format_table(res: dict) -> str:
                      f"{r['gflops_nominal']:>10.1f}{r['gflops_executed']:>10.1f}{100 * r['frac_peak']:>6.0f}%"
                      f"{r['ratio_to_baseline']:>8.2f}{(f'{xpc:.2f}' if xpc else ''):>6}"
                      f"{(f'{mem:.1f}' if mem is not None else ''):>8}")
-    px = res["pcx"]
+    lines += format_pcx(res["pcx"])
+    lines.append(f"process peak RSS {res['rss_peak_mb']:.0f} MB, wall {res['wall_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def format_pcx(px: dict) -> list[str]:
+    """The PCX lines of the table: same-session figures as measured ratios; the stored ones as what
+    they are, a past measurement with its date and machine state."""
+    ref = px["pcx"]
+    if not {"baseline", "pc_T5", "pc_T20"} & set(px):
+        return []  # no ref network in this run (--tiny)
+    if px["same_session"]:
+        head = f"PCX, measured in this session ({ref['file']}: {ref['date']}; {ref['machine']}):"
+        vs = "as measured"
+    else:
+        head = (f"PCX, a past measurement, not this session ({ref['date']}; {ref['machine']}).\n"
+                f"Its ratios below may mix two machine states; --pcx-json FILE gives measured ones:")
+        vs = "vs the past PCX figure"
+    lines = [head]
+    if "baseline" in px:
+        b = px["baseline"]
+        lines.append(f"baseline MLP: {b['samples_per_s']:.0f} samples/s here, {b['pcx_baseline_samples_per_s']:.0f} "
+                     f"beside PCX ({ref['baseline_mlp_s']} s per epoch)")
     for T in (5, 20):
         if f"pc_T{T}" in px:
             p = px[f"pc_T{T}"]
             lines.append(f"pc T={T}: {p['samples_per_s']:.0f} samples/s vs PCX {p['pcx_samples_per_s']:.0f} "
-                         f"-> x{p['speedup_vs_pcx']:.2f} as measured, x{p['speedup_vs_pcx_at_equal_peak']:.2f} "
-                         f"at equal sgemm peak, x{p['speedup_vs_pcx_at_equal_baseline'] or float('nan'):.2f} "
-                         f"at equal baseline MLP (target x{p['target']:.1f})")
+                         f"({ref[f'pc_T{T}_s']} s per epoch) -> x{p['speedup_vs_pcx']:.2f} {vs} "
+                         f"(target x{p['target']:.1f})")
         if f"bp_over_pc_T{T}" in px:
             lines.append(f"bp/pc T={T}: {px[f'bp_over_pc_T{T}']['ratio']:.2f} (target <= 3)")
-    lines.append(f"process peak RSS {res['rss_peak_mb']:.0f} MB, wall {res['wall_s']:.0f} s")
-    return "\n".join(lines)
+    return lines

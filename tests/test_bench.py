@@ -3,16 +3,22 @@
 import json
 import math
 
+import pytest
 import torch
 
-from pcn import cli
+from pcn import bench, cli
+
+PCX = {"date": "2026-11-30 07:40 UTC", "machine": "2-core EPYC, slow state", "baseline_mlp_s": 1.80,
+       "pc_T5_s": 2.12, "pc_T20_s": 11.31}
 
 
 def test_bench_tiny_json(tmp_path):
     out = tmp_path / "bench.json"
+    (tmp_path / "pcx.json").write_text(json.dumps(PCX))
     threads = torch.get_num_threads()
     try:
-        assert cli.main(["bench", "--tiny", "--ablation", "--profile", "--threads", "1", "--json", str(out)]) == 0
+        assert cli.main(["bench", "--tiny", "--ablation", "--reference", "--profile", "--threads", "1",
+                         "--json", str(out), "--pcx-json", str(tmp_path / "pcx.json")]) == 0
     finally:
         torch.set_num_threads(threads)
     res = json.loads(out.read_text())
@@ -22,6 +28,7 @@ def test_bench_tiny_json(tmp_path):
     for kind in ("baseline", "pc", "bp", "infer"):
         assert (kind, None) in kinds
     assert ("bp", "autograd") in kinds
+    assert {("pc", "reference"), ("bp", "reference"), ("infer", "reference")} <= kinds
     for c in res["cases"]:
         for key in ("s_per_batch", "s_per_epoch", "samples_per_s", "gflops_nominal", "gflops_executed",
                     "frac_peak", "ratio_to_baseline", "peak_mem_mb"):
@@ -31,8 +38,50 @@ def test_bench_tiny_json(tmp_path):
         if c["kind"] == "bp":
             assert c["ratio_to_pc"] > 0
     assert res["rss_peak_mb"] > 0
+    assert res["pcx"]["same_session"] and res["pcx"]["pcx"]["machine"] == PCX["machine"]
     # the profile: shares of the pc and bp cases sum to one, and the products are a real part
     assert {"tiny/pc/T2", "tiny/bp/T2"} <= set(res["profile"])
     for p in res["profile"].values():
         assert abs(sum(p["shares"].values()) - 1.0) < 1e-9
         assert p["shares"]["matmul"] > 0.01 and p["profiled_us_per_batch"] > 0
+
+
+def _summary(baseline_s: float, pc5_s: float, pc20_s: float) -> dict:
+    """A bench summary with the ref cases only, from seconds per 60,000-sample epoch."""
+    cases = [("ref/baseline", baseline_s), ("ref/pc/T5", pc5_s), ("ref/pc/T20", pc20_s)]
+    return {"cases": [{"case": c, "samples_per_s": 60_000 / t} for c, t in cases]}
+
+
+def test_pcx_comparison_same_session_or_past():
+    """With same-session PCX figures the ratio is measured (ours / theirs, no scaling) and printed
+    as such; without, the stored figures are printed as a past measurement with date and state."""
+    s = _summary(1.75, 4.0, 7.54)
+    px = bench.compare_pcx(s, {**PCX, "epoch": 59_904, "file": "pcx.json"})
+    assert px["same_session"]
+    assert px["pc_T20"]["speedup_vs_pcx"] == pytest.approx((60_000 / 7.54) / (59_904 / 11.31))
+    text = "\n".join(bench.format_pcx(px))
+    assert "measured in this session (pcx.json: 2026-11-30 07:40 UTC; 2-core EPYC, slow state)" in text
+    assert "x1.50 as measured" in text and "past" not in text and "equal" not in text
+
+    past = bench.compare_pcx(s)
+    assert not past["same_session"] and past["pcx"]["pc_T20_s"] == 4.2
+    text = "\n".join(bench.format_pcx(past))
+    assert "a past measurement, not this session (date not recorded" in text and "fast state" in text
+    assert "as measured" not in text and "vs the past PCX figure" in text
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read it"),
+    ("{not json", "not JSON"),
+    ("[1, 2]", "not a JSON object"),
+    (json.dumps({k: v for k, v in PCX.items() if k != "pc_T20_s"}), "missing key 'pc_T20_s'"),
+    (json.dumps({**PCX, "pc_T5_s": "fast"}), "key 'pc_T5_s' must be a positive number"),
+], ids=["no-file", "not-json", "not-object", "missing-key", "bad-time"])
+def test_bad_pcx_json_is_one_line_naming_file_and_key(tmp_path, content, message):
+    path = tmp_path / "pcx.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--tiny", "--pcx-json", str(path)])
+    assert str(e.value).startswith(f"pcn bench: --pcx-json {path}: ") and message in str(e.value)
+    assert "\n" not in str(e.value)

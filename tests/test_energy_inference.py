@@ -49,13 +49,13 @@ def test_energy_non_increasing_at_small_eta(init):
 def test_nudged_inference_lowers_F_and_moves_toward_label():
     model, x, z = _setup()
     y = torch.randint(0, 10, (5,))
-    w = 0.7
+    beta = 0.7 / 0.3      # w = 0.7
 
     def F(zz):
-        return ((1 - w) * energy(model, x, zz) + w * cross_entropy(model, zz[-1], y)).sum().item()
+        return (energy(model, x, zz) + beta * cross_entropy(model, zz[-1], y)).sum().item()
 
     z0 = init_latents(model, x, "zeros")
-    zT, _ = infer(model, x, z0, T=40, eta=0.05, y=y, w=w)
+    zT, _ = infer(model, x, z0, T=40, eta=0.05, y=y, beta=beta)
     free, _ = infer(model, x, z0, T=40, eta=0.05)
     assert F(zT) < F(z0)
     assert cross_entropy(model, zT[-1], y).mean() < cross_entropy(model, free[-1], y).mean()

@@ -86,13 +86,13 @@ def factors_rule(d: Path) -> str:
 
 
 def make_runs(root: Path) -> tuple[list[str], list[str]]:
-    """Fake runs: pcn pc / bp and ae x 3 CE weights x 2 seeds; pcn pc w=0.5 seed 1 diverged;
+    """Fake runs: pcn pc / bp and ae x 3 CE weights x 2 seeds (no pc at w = 1); pcn pc w=0.5 seed 1 diverged;
     seed 0 of every pcn run clamped.  Returns (all runs, clamped runs)."""
     rng = np.random.default_rng(0)
     runs, clamped = [], []
     for model, rule, w, seed in itertools.product(("pcn", "ae"), ("pc", "bp"), WEIGHTS, (0, 1)):
-        if model == "ae" and rule == "pc":
-            continue
+        if (model == "ae" and rule == "pc") or (model, rule, w) == ("pcn", "pc", 1.0):
+            continue   # ae runs ignore the rule; pc has no w = 1
         d = root / "results" / "runs" / run_dir(dict(dataset="mnist", model=model, rule=rule, ce_weight=w, seed=seed))
         d.mkdir(parents=True)
         is_clamped = model == "pcn" and seed == 0
@@ -130,21 +130,21 @@ FACTORS = ["run", "dataset", "model", "rule", "ce_weight", "seed", "T"]
 def test_aggregate_sensitivity_renames_test_time_columns(fake):
     s = fake["tables"]["sensitivity"]
     assert list(s.columns) == FACTORS + ["eta_factor", "test_eta", "test_T", "metric", "value"]
-    assert s["run"].nunique() == len(fake["pcn_runs"]) == 12
+    assert s["run"].nunique() == len(fake["pcn_runs"]) == 10
     assert set(s["T"]) == {T_TRAIN} and set(s["test_T"]) == {0, 1, 2, 5, 10, 50}
 
 
 def test_aggregate_linear_probes_has_pcn_and_ae_runs(fake):
     lp = fake["tables"]["linear_probes"]
     assert list(lp.columns) == FACTORS + ["step", "layer", "metric", "value"]
-    assert lp["run"].nunique() == len(fake["runs"]) == 18
+    assert lp["run"].nunique() == len(fake["runs"]) == 16
     assert set(lp.loc[lp.model == "ae", "step"]) == {0} and set(lp.loc[lp.model == "pcn", "step"]) == {T_TRAIN}
 
 
 def test_aggregate_alignment_skips_empty_ae_tables(fake):
     al = fake["tables"]["alignment"]
     assert list(al.columns) == FACTORS + ["epoch", "layer", "metric", "value"]
-    assert set(al.model) == {"pcn"} and al["run"].nunique() == 12
+    assert set(al.model) == {"pcn"} and al["run"].nunique() == 10
     assert agg.alignment([r for r in fake["runs"] if "model~ae" in r]).empty
 
 
@@ -152,7 +152,7 @@ def test_aggregate_clamp_of_clamped_runs(fake):
     c = fake["tables"]["clamp"]
     assert list(c.columns) == FACTORS + ["mode", "label", "metric", "value"]
     assert set(c["run"]) == set(fake["clamped"]) and set(c.seed) == {0}
-    assert agg.clamp(fake["runs"])["run"].nunique() == 6  # only runs with clamp outputs
+    assert agg.clamp(fake["runs"])["run"].nunique() == 5  # only runs with clamp outputs
 
 
 def test_aggregate_images_long_table(fake):
@@ -177,8 +177,8 @@ def test_aggregate_cli_writes_probe_tables(fake, tmp_path):
             "--images-out", str(tmp_path / "images.npz"), "--clamp-runs", *fake["clamped"]]
     assert main(args) == 0
     assert len(pd.read_csv(outs["linear-probes"])) == len(fake["tables"]["linear_probes"])
-    assert pd.read_csv(outs["sensitivity"])["run"].nunique() == 12
-    assert pd.read_csv(outs["clamp"])["run"].nunique() == 6
+    assert pd.read_csv(outs["sensitivity"])["run"].nunique() == 10
+    assert pd.read_csv(outs["clamp"])["run"].nunique() == 5
     im = agg.read_images(tmp_path / "images.npz")
     np.testing.assert_array_equal(im["pixels"], fake["tables"]["images"]["pixels"])
     assert im["run"].dtype.kind == "U"  # no pickled objects
@@ -255,3 +255,72 @@ def test_figure_cli_redraws_probe_figures_from_files(fake, tmp_path):
     assert out.stat().st_size > 10_000 and out.with_suffix(".pdf").exists()
     with pytest.raises(SystemExit, match="--linear-probes"):
         main(["figure", "probes", "--summary", str(tmp_path / "summary.csv"), "--out", str(tmp_path / "p.png")])
+
+
+def _drawn_lines(ax) -> dict:
+    """{colour: (x, y)} of the first line of each colour drawn on ``ax`` (the data line; after it come
+    error bar caps; legend proxies, which have no data, left out)."""
+    from matplotlib.colors import to_hex
+
+    out = {}
+    for ln in ax.lines:
+        if len(ln.get_xdata()):
+            xy = np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float)
+            out.setdefault(to_hex(ln.get_color()), xy)
+    return out
+
+
+def test_ce_weight_lines_are_seed_means_of_runs_that_did_not_diverge(fake):
+    """Each rule's line is, per CE weight, the mean over seeds of the summary's test accuracy,
+    without the diverged run (pcn pc w=0.5 seed 1, drawn as an x marker instead)."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_hex
+
+    s = fake["tables"]["summary"]
+    s = s.assign(test_acc=s["test_acc"] + 0.1 * s["seed"] * (s["rule"] == "pc"))  # seeds differ, by rule
+    fig = figures.ce_weight(s, metrics=("test_acc",))
+    ax = fig.get_axes()[0]
+    prepared = figures._prepare(s)
+    lines = _drawn_lines(ax)
+    for label, colour in figures._palette(prepared, "label").items():
+        ok = prepared[(prepared["label"] == label) & ~prepared["diverged"]]
+        want = ok.groupby("ce_weight")["test_acc"].mean()
+        x, y = lines[to_hex(colour)]
+        np.testing.assert_allclose(x, want.index)
+        np.testing.assert_allclose(y, want.to_numpy())
+    # the pc band: one sd over seeds (0.11 apart at w = 0: sd = 0.11 / sqrt(2)) about the mean (pc has
+    # no w = 1, and its w = 0.5 has one run left beside the diverged one: no band there)
+    pc = to_hex(figures._palette(prepared, "label")["pcn pc"])
+    band = np.concatenate([p.vertices for c in ax.collections if isinstance(c, PolyCollection)
+                           and to_hex(c.get_facecolor()[0]) == pc for p in c.get_paths()])
+    band = band[np.isfinite(band).all(axis=1)]
+    sd = 0.11 / 2 ** 0.5
+    np.testing.assert_allclose([band[:, 1].min(), band[:, 1].max()], [0.555 - sd, 0.555 + sd])
+    assert "1 diverged run (x)" in ax.get_title()
+    figures.plt.close(fig)
+
+
+def test_tradeoff_points_are_seed_means_of_both_axes(fake):
+    """The trade-off front of each rule passes through the (reconstruction MSE, accuracy) seed means
+    per CE weight of the runs that did not diverge; the diverged run (given a finite MSE here) is an
+    x marker, not averaged in."""
+    from matplotlib.colors import to_hex
+
+    s = fake["tables"]["summary"]
+    s = s.assign(recon_mse=pd.to_numeric(s["recon_mse"]).fillna(0.5) + 0.02 * s["seed"])
+    main = figures.tradeoff(s)   # main row: accuracy vs gen_mse; second row: vs recon_mse
+    assert [a.get_xlabel() for a in main.get_axes()] == ["generation MSE (lower is better)",
+                                                         "reconstruction MSE (lower is better)"]
+    figures.plt.close(main)
+    fig = figures.tradeoff(s, xs=("recon_mse",))
+    lines = _drawn_lines(fig.get_axes()[0])
+    prepared = figures._numeric(figures._prepare(s), ["recon_mse", "test_acc"])
+    for label, colour in figures._palette(prepared, "label").items():
+        ok = prepared[(prepared["label"] == label) & ~prepared["diverged"]]
+        want = ok.groupby("ce_weight")[["recon_mse", "test_acc"]].mean()
+        x, y = lines[to_hex(colour)]
+        np.testing.assert_allclose(x, want["recon_mse"].to_numpy())
+        np.testing.assert_allclose(y, want["test_acc"].to_numpy())
+    marker = next(c for c in fig.get_axes()[0].collections if c.get_label() == "pcn pc (diverged)")
+    np.testing.assert_allclose(marker.get_offsets(), [[0.52, 0.71]])
+    figures.plt.close(fig)

@@ -1,5 +1,6 @@
 """The learning rules: pc = -dF/dtheta at the final latents; bp = the true gradient through
-the unrolled inference (finite differences); the w = 0 and w = 1 ends."""
+the unrolled inference (finite differences); the w = 0 and w = 1 ends.  Every test runs on
+the reference rules (pcn.core.rules) and on their fast versions (pcn.fast.rules)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,11 +10,20 @@ from pcn.core.ae import AE, ae_grads
 from pcn.core.energy import cross_entropy, energy, layer_energies
 from pcn.core.inference import infer, init_latents
 from pcn.core.model import PCN
-from pcn.core.rules import bp_grads, pc_grads
+from pcn.core import rules as reference_rules
+from pcn.fast import rules as fast_rules
+from pcn.fast.dispatch import infer as fast_infer
+
+IMPLS = {"reference": reference_rules.RULES, "fast": fast_rules.RULES}
+
+
+@pytest.fixture(params=sorted(IMPLS))
+def impl(request):
+    return IMPLS[request.param]
 
 
 def _cfg(**kw):
-    base = dict(layers=[10, 8, 6, 4], T=6, eta=0.1, init="amortised", ce_weight=0.5, momentum=0.0)
+    base = dict(layers=[10, 8, 6, 4], T=6, eta=0.1, init="amortised", ce_weight=0.5, momentum=0.0, energy_norm="sum")
     base.update(kw)
     return config.resolve(base)
 
@@ -31,31 +41,33 @@ def _grads(model):
     return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("w", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("w", [0.0, 0.3, 0.9])
 @pytest.mark.parametrize("prior", [False, True])
-def test_pc_update_is_minus_dF_dtheta_at_final_latents(w, prior):
+def test_pc_update_is_minus_dE_dtheta_at_nudged_latents(w, prior, impl):
     cfg = _cfg(ce_weight=w, prior=prior)
     model, x, y = _setup(cfg)
-    pc_grads(model, x, y, cfg)
+    impl["pc"](model, x, y, cfg)
     got = _grads(model)
-    # The final latents, from a separate run of the same inference.
+    # The nudged latents (beta = w / (1 - w)) and the free ones, from separate runs of the inference.
+    z0 = init_latents(model, x, "amortised")
     with torch.no_grad():
-        z, _ = infer(model, x, init_latents(model, x, "amortised"), cfg["T"], cfg["eta"], y=y, w=w)
-    z = [zl.detach() for zl in z]  # no graph through the trajectory
+        z, _ = infer(model, x, z0, cfg["T"], cfg["eta"], y=y, beta=w / (1 - w))
+        free, _ = infer(model, x, z0, cfg["T"], cfg["eta"])
+    z, free = [zl.detach() for zl in z], [zl.detach() for zl in free]  # no graph through the trajectory
     model.zero_grad(set_to_none=True)
-    Fval = ((1 - w) * energy(model, x, z)).mean()
-    Fval.backward()
+    energy(model, x, z).mean().backward()
     for l in range(model.L):
         torch.testing.assert_close(got[f"W.{l}"], model.W[l].grad, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(got[f"b.{l}"], model.b[l].grad, rtol=1e-9, atol=1e-12)
+        assert model.W[l].grad.abs().max() > 0        # the generative weights move at every w < 1
     if prior:
         torch.testing.assert_close(got["prior_mean"], model.prior_mean.grad, rtol=1e-9, atol=1e-12)
-    # Readout: its own CE at the final top latent (weight 1 at every w).
+    # Readout: its own CE at the free (label-free) top latent, the one it is tested on.
     model.zero_grad(set_to_none=True)
-    cross_entropy(model, z[-1], y).mean().backward()
+    cross_entropy(model, free[-1], y).mean().backward()
     torch.testing.assert_close(got["C"], model.C.grad, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(got["c"], model.c.grad, rtol=1e-9, atol=1e-12)
-    # Amortiser: local regression onto the final latents.
+    # Amortiser: local regression onto the nudged latents.
     model.zero_grad(set_to_none=True)
     loss = 0
     for l in range(model.L):
@@ -66,25 +78,50 @@ def test_pc_update_is_minus_dF_dtheta_at_final_latents(w, prior):
         torch.testing.assert_close(got[f"V.{l}"], model.V[l].grad, rtol=1e-9, atol=1e-12)
 
 
-def test_pc_update_depends_on_trajectory_only_through_its_end():
+def test_nudged_step_is_eta_times_the_gradient_of_the_documented_objective():
+    """One nudged inference step moves z by -eta d/dz [E + beta CE], beta = w / (1 - w) (autograd)."""
+    from pcn.core.inference import step
+    from pcn.core.energy import errors
+
+    cfg = _cfg(ce_weight=0.75)
+    model, x, y = _setup(cfg)
+    z = [zl.detach().requires_grad_(True) for zl in init_latents(model, x, "amortised")]
+    beta = 0.75 / 0.25
+    Fsum = (energy(model, x, z) + beta * cross_entropy(model, z[-1], y)).sum()
+    grads = torch.autograd.grad(Fsum, z)
+    with torch.no_grad():
+        z1, _ = step(model, x, [zl.detach() for zl in z], errors(model, x, z), None, 0.1, y, beta)
+        fast, _ = fast_infer(model, x, [zl.detach() for zl in z], 1, 0.1, y=y, beta=beta)
+    for a, b, g, zl in zip(z1, fast, grads, z):
+        torch.testing.assert_close(a, zl.detach() - 0.1 * g, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_pc_refuses_w1(impl):
+    with pytest.raises(config.ConfigError, match="rule 'pc' needs ce_weight < 1"):
+        _cfg(ce_weight=1.0)
+    cfg = dict(_cfg(ce_weight=1.0, rule="bp"), rule="pc")
+    model, x, y = _setup(cfg)
+    with pytest.raises(ValueError, match="ce_weight 1.0 has no local update"):
+        impl["pc"](model, x, y, cfg)
+
+
+def test_pc_update_depends_on_trajectory_only_through_its_end(impl, monkeypatch):
     """Two different trajectories that end at the same latents give the same update."""
     cfg = _cfg(ce_weight=0.4, init="zeros", T=0)
     model, x, y = _setup(cfg)
     with torch.no_grad():
-        zstar, _ = infer(model, x, init_latents(model, x, "zeros"), 9, 0.1, y=y, w=0.4)
-    import pcn.core.rules as rules
-
-    orig = rules.init_latents
-    try:
-        rules.init_latents = lambda m, xx, mode: [zl.clone() for zl in zstar]
-        pc_grads(model, x, y, cfg)  # T = 0: update taken at z* directly
-    finally:
-        rules.init_latents = orig
+        zstar, _ = infer(model, x, init_latents(model, x, "zeros"), 9, 0.1, y=y, beta=0.4 / 0.6)
+    with monkeypatch.context() as m:
+        start = lambda mm, xx, mode: [zl.clone() for zl in zstar]  # noqa: E731
+        m.setattr(reference_rules.inference, "init_latents", start)
+        m.setattr(fast_rules, "init_latents", start)
+        impl["pc"](model, x, y, cfg)  # T = 0: update taken at z* directly
     direct = _grads(model)
     cfg9 = _cfg(ce_weight=0.4, init="zeros", T=9)
-    pc_grads(model, x, y, cfg9)
+    impl["pc"](model, x, y, cfg9)
     via = _grads(model)
-    for k in ("W.0", "W.1", "W.2", "b.0", "C"):
+    for k in ("W.0", "W.1", "W.2", "b.0"):
         torch.testing.assert_close(direct[k], via[k], rtol=1e-9, atol=1e-12)
 
 
@@ -97,10 +134,10 @@ def _bp_objective(model, x, y, cfg):
 
 @pytest.mark.parametrize("init", ["zeros", "amortised"])
 @pytest.mark.parametrize("w", [0.0, 0.6, 1.0])
-def test_bp_gradient_matches_finite_differences(init, w):
-    cfg = _cfg(ce_weight=w, init=init, T=5, eta=0.2, activation="tanh")
+def test_bp_gradient_matches_finite_differences(init, w, impl):
+    cfg = _cfg(ce_weight=w, init=init, T=5, eta=0.2, activation="tanh", rule="bp")
     model, x, y = _setup(cfg, B=4)
-    bp_grads(model, x, y, cfg)
+    impl["bp"](model, x, y, cfg)
     got = _grads(model)
     gen = torch.Generator().manual_seed(1)
     names = ["W.0", "W.1", "W.2", "b.0", "b.2"] + (["V.0", "V.2", "a.1"] if init == "amortised" else [])
@@ -127,7 +164,8 @@ def test_bp_gradient_matches_finite_differences(init, w):
     torch.testing.assert_close(got["C"], model.C.grad, rtol=1e-9, atol=1e-12)
 
 
-def test_w0_ignores_labels_and_w1_ignores_energy():
+def test_w0_ignores_labels_and_w1_ignores_energy(impl):
+    pc_grads, bp_grads = impl["pc"], impl["bp"]
     for rule in (pc_grads, bp_grads):
         cfg = _cfg(ce_weight=0.0)
         model, x, y = _setup(cfg)
@@ -138,14 +176,9 @@ def test_w0_ignores_labels_and_w1_ignores_energy():
         for k in a:
             if not k.startswith(("C", "c")):  # only the readout probe sees the label at w = 0
                 torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-12)
-    # pc at w = 1: F = CE only, so the generative weights get no update at all.
-    cfg = _cfg(ce_weight=1.0)
-    model, x, y = _setup(cfg)
-    pc_grads(model, x, y, cfg)
-    for l in range(model.L):
-        assert model.W[l].grad.abs().max() == 0 and model.b[l].grad.abs().max() == 0
     # bp at w = 1: the gradient is the CE's alone (checked against autograd of CE only).
-    model.zero_grad(set_to_none=True)
+    cfg = _cfg(ce_weight=1.0, rule="bp")
+    model, x, y = _setup(cfg)
     bp_grads(model, x, y, cfg)
     got = _grads(model)
     model.zero_grad(set_to_none=True)
@@ -176,3 +209,25 @@ def test_ae_gradient_routing(w):
         torch.testing.assert_close(got[f"decoder.{n}"], p.grad, rtol=1e-9, atol=1e-12)
     for n, p in model.classifier.named_parameters():
         torch.testing.assert_close(got[f"classifier.{n}"], p.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["sum", "pixel"])
+def test_energy_norm_scales_the_energy_term(norm, impl):
+    """bp's loss is (1 - w) s E + w CE and pc's update is s dE/dtheta at the latents nudged by
+    E + (beta / s) CE, with s = 1 (sum) or 2 / d_0 (pixel)."""
+    cfg = _cfg(ce_weight=0.4, energy_norm=norm, init="zeros")
+    model, x, y = _setup(cfg)
+    s = 1.0 if norm == "sum" else 2.0 / cfg["layers"][0]
+    terms = impl["bp"](model, x, y, cfg)
+    with torch.no_grad():
+        z, eps = infer(model, x, init_latents(model, x, "zeros"), cfg["T"], cfg["eta"])
+    E = s * layer_energies(eps).sum(0).mean()
+    torch.testing.assert_close(terms["energy"], E, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(terms["loss"], 0.6 * E + 0.4 * cross_entropy(model, z[-1], y).mean(), rtol=1e-9, atol=1e-12)
+    impl["pc"](model, x, y, cfg)
+    got = _grads(model)
+    with torch.no_grad():
+        zn, _ = infer(model, x, init_latents(model, x, "zeros"), cfg["T"], cfg["eta"], y=y, beta=(0.4 / 0.6) / s)
+    model.zero_grad(set_to_none=True)
+    (s * energy(model, x, [zl.detach() for zl in zn]).mean()).backward()
+    torch.testing.assert_close(got["W.0"], model.W[0].grad, rtol=1e-9, atol=1e-12)

@@ -73,12 +73,11 @@ def study_config(device: str) -> dict:
 
 
 def make_copy(dest: Path, cfg: dict) -> Path:
-    """A working copy of the workflow (Snakefile, workflow/, config/, slurm/) plus the study config.
+    """A working copy of the repository (workflow/, config/, slurm/, pcn/) plus the study config.
 
-    `pcn` itself is the pip-installed (editable) package, the same code for both copies."""
+    Jobs run the copy's own `pcn` (python -m pcn with the copy first on PYTHONPATH)."""
     dest.mkdir(parents=True)
-    shutil.copy2(ROOT / "Snakefile", dest / "Snakefile")
-    for d in ("workflow", "config", "slurm"):
+    for d in ("workflow", "config", "slurm", "pcn"):
         shutil.copytree(ROOT / d, dest / d, ignore=shutil.ignore_patterns("__pycache__"))
     (dest / "config" / "e2e.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return dest
@@ -257,7 +256,8 @@ def test_study_on_slurm_matches_local_run(slurm_cluster, tmp_path, mnist_dir):  
     local_out = (tmp_path / "local.out").read_text(errors="replace")
     assert local_rc == 0, f"local run exited {local_rc}:\n{local_out[-4000:]}"
     assert slurm_rc == 0, f"slurm run exited {slurm_rc} after {wall:.0f} s:\n{slurm_out[-6000:]}\n{c.log_tails()}"
-    assert "Using profile slurm" in slurm_out
+    # the slurm profile, with the workflow profile (workflow/profiles/default) on top
+    assert "Using profiles slurm and workflow specific profile" in slurm_out
 
     # ---- the same outputs as the local end-to-end run
     L, S = local / "results", remote / "results"

@@ -1,93 +1,102 @@
-"""The learning rules (spec section 3).  Each ``*_grads`` function fills ``p.grad`` of every
-trainable parameter for one batch and returns the batch's loss terms (0-d tensors).
+"""The learning rules (spec section 3), the reference implementation.  Each ``*_grads``
+function fills ``p.grad`` of every trainable parameter for one batch and returns the batch's
+loss terms (0-d tensors).  Weight gradients are taken by autograd where that is the clearest
+statement of the rule; the fast versions (``pcn.fast.rules``) are tested equal to these.
 
 Readout (all rules): the classifier C, c always trains on its own CE at the detached final
 top latent (a probe), so w decides only whether the CE shapes the representation.
 
-``pc``  inference minimises F = (1 - w) E + w CE with x and y given; then, at the final
-        latents z* (no graph through the trajectory), the local updates are
-            dF/dW_l = -(1 - w) eps_l f(z*_{l+1})^T,   dF/db_l = -(1 - w) eps_l
-        (batch means).  The amortiser, if any, regresses z*_{l+1} on g_l(z*_l) (local MSE).
+The energy enters the objectives as s E, s = ``energy_scale`` (energy_norm: 2 / d_0 for
+``pixel``, whose data term is the per-pixel MSE; 1 for ``sum``).
+
+``pc``  two inferences from the same start: a free one on E (x only) and a nudged one on
+            s E + beta CE  (descended as E + (beta / s) CE),   beta = w / (1 - w)
+        (the minimiser of (1 - w) s E + w CE, with the E-step of test-time inference at every w;
+        w = 1 is refused: beta is infinite and no local update is defined there).  Then, at the
+        nudged latents z* (no graph through the trajectory), the local updates are
+            s dE/dW_l = -s eps_l f(z*_{l+1})^T,   s dE/db_l = -s eps_l      (batch means).
+        The readout probe trains on the free latents, the quantity that test-time inference
+        produces; the amortiser, if any, regresses the nudged z*_{l+1} on g_l(z*_l) (local MSE).
 ``bp``  inference runs on E alone, unrolled in the autograd graph; the loss
-            L = (1 - w) E(z^T; x) + w CE(C z^T_L + c, y)
+            L = (1 - w) s E(z^T; x) + w CE(C z^T_L + c, y)
         is backpropagated through all T steps to every weight (C held fixed in this term).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
-from pcn.core.energy import layer_energies, mean_half_sq, onehot_t
-from pcn.core.inference import infer, infer_state, init_latents
+from pcn.core import inference
+from pcn.core.energy import energy, energy_scale, layer_energies
 from pcn.core.model import PCN
 
 
-def _readout_grads(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Set dCE/dC, dCE/dc at the detached top latent; return the per-batch mean CE.
-    Formed as (classes x batch): softmax over a short last dimension is slow in torch."""
-    B = zL.shape[0]
-    logp = torch.log_softmax(torch.addmm(model.c.unsqueeze(1), model.C, zL.t()), dim=0)
-    ce = logp.gather(0, y.unsqueeze(0)).mean().neg()
-    p = logp.exp_().sub_(onehot_t(model, y, zL.dtype))          # softmax - onehot, (classes x B)
-    model.C.grad = p @ zL / B
-    model.c.grad = p.mean(1)
-    return ce
+def readout_loss(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The readout probe's loss: mean CE(C z_L + c, y) at the detached top latent."""
+    return F.cross_entropy(model.readout(zL.detach()), y)
 
 
-def _amortiser_grads(model: PCN, x: torch.Tensor, z: list[torch.Tensor],
-                     fz: list[torch.Tensor] | None = None, guess0: torch.Tensor | None = None) -> torch.Tensor:
-    """Local regression of the amortiser onto the inferred latents:
-    loss = sum_l 1/2 ||V_l g_l(z*_l) + a_l - z*_{l+1}||^2 (batch mean).  ``fz``: f(z*) if known;
-    ``guess0``: V_0 x + a_0 if known (the amortised z_1^0: layer 0's input is x either way).
-    Residuals are formed as (d x batch), the orientation of the inference's stacked buffers."""
-    B = x.shape[0]
-    res = []
+def amortiser_loss(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
+    """Local regression of the amortiser onto the (detached) inferred latents z*:
+    sum_l 1/2 ||V_l g_l(z*_l) + a_l - z*_{l+1}||^2, batch mean (g_0 = identity, g_l = f)."""
+    below = [x] + [zl.detach() for zl in z[:-1]]
+    loss = 0.0
     for l in range(model.L):
-        inp = x if l == 0 else (fz[l - 1] if fz is not None else model.f(z[l - 1]))
-        if l == 0 and guess0 is not None:
-            r = torch.sub(guess0.t(), z[0].t())
-        else:
-            r = torch.addmm(model.a[l].unsqueeze(1), model.V[l], inp.t()).sub_(z[l].t())
-        model.V[l].grad = torch.addmm(model.V[l], r, inp, beta=0.0, alpha=1.0 / B)
-        model.a[l].grad = r.mean(1)
-        res.append(r)
-    return mean_half_sq(res, B)
+        inp = below[l] if l == 0 else model.f(below[l])
+        r = inp @ model.V[l].t() + model.a[l] - z[l].detach()
+        loss = loss + 0.5 * (r * r).sum(1).mean()
+    return loss
 
 
-@torch.no_grad()
+def nudge_strength(w: float) -> float:
+    """beta = w / (1 - w), the weight of CE against E in pc's nudged inference, for 0 <= w < 1."""
+    if not 0.0 <= w < 1.0:
+        raise ValueError(f"rule 'pc': ce_weight {w} has no local update (beta = w / (1 - w) is "
+                         f"infinite at w = 1); allowed: 0 <= ce_weight < 1")
+    return w / (1.0 - w)
+
+
 def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
-    """Local PC rule: infer on F with the label, then -dF/dtheta at the final latents."""
+    """Local PC rule: free and nudged inference (no graph), then -dE/dtheta at the nudged latents;
+    the readout on the free latents."""
     w = float(cfg["ce_weight"])
-    z0 = init_latents(model, x, cfg["init"])
-    z, eps, fz = infer_state(model, x, z0, cfg["T"], cfg["eta"], y=y, w=w, momentum=cfg["momentum"])
-    B = x.shape[0]
-    k = -(1.0 - w) / B
-    for l in range(model.L):  # f(z*) comes from the inference (computed there once)
-        model.W[l].grad = torch.addmm(model.W[l], eps[l].t(), fz[l], beta=0.0, alpha=k)
-        model.b[l].grad = eps[l].sum(0).mul_(k)
-    if model.prior_mean is not None:
-        model.prior_mean.grad = eps[-1].sum(0).mul_(k)
-    E = mean_half_sq(eps, B)
-    ce = _readout_grads(model, z[-1], y)
-    out = {"loss": (1.0 - w) * E + w * ce, "energy": E, "ce": ce}
-    if model.V is not None:
-        out["amortiser"] = _amortiser_grads(model, x, z, fz, z0[0] if cfg["init"] == "amortised" else None)
+    s = energy_scale(model, cfg["energy_norm"])
+    beta = nudge_strength(w) / s
+    T, eta, m = cfg["T"], cfg["eta"], cfg["momentum"]
+    with torch.no_grad():
+        z0 = inference.init_latents(model, x, cfg["init"])
+        free, _ = inference.infer(model, x, z0, T, eta, momentum=m)
+        z = inference.infer(model, x, z0, T, eta, y=y, beta=beta, momentum=m)[0] if beta > 0 else free
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        E = s * energy(model, x, z).mean()      # z is a constant here: dE/dtheta at z* only
+        ce = readout_loss(model, free[-1], y)
+        total = E + ce
+        out = {"loss": ((1.0 - w) * E + w * ce).detach(), "energy": E.detach(), "ce": ce.detach()}
+        if model.V is not None:
+            amort = amortiser_loss(model, x, z)
+            total = total + amort
+            out["amortiser"] = amort.detach()
+        total.backward()
     return out
 
 
-def bp_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
-    """Backprop through inference: L = (1 - w) E(z^T) + w CE(z^T_L), plus the readout probe."""
+def bp_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
+             infer_state: Callable = inference.infer_state) -> dict[str, torch.Tensor]:
+    """Backprop through inference: L = (1 - w) E(z^T) + w CE(z^T_L), plus the readout probe.
+    ``infer_state``: the (differentiable) inference to unroll, the reference loop by default."""
     w = float(cfg["ce_weight"])
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
-        z0 = init_latents(model, x, cfg["init"])
-        z, eps = infer(model, x, z0, cfg["T"], cfg["eta"], momentum=cfg["momentum"])
-        E = layer_energies(eps).sum(0).mean()
-        zL = z[-1]
+        z0 = inference.init_latents(model, x, cfg["init"])
+        st = infer_state(model, x, z0, cfg["T"], cfg["eta"], momentum=cfg["momentum"])
+        E = energy_scale(model, cfg["energy_norm"]) * layer_energies(st.eps).sum(0).mean()
+        zL = st.z[-1]
         ce = F.cross_entropy(torch.addmm(model.c.detach(), zL, model.C.detach().t()), y)
-        probe = F.cross_entropy(model.readout(zL.detach()), y)
         loss = (1.0 - w) * E + w * ce
-        (loss + probe).backward()
+        (loss + readout_loss(model, zL, y)).backward()
     return {"loss": loss.detach(), "energy": E.detach(), "ce": ce.detach()}
 
 

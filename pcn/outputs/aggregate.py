@@ -19,6 +19,11 @@
   ``RUN/clamp/generated.npy`` (kind generated) and ``RUN/clamp/clamp_images.npz``
   (kinds original, occluded, completed).
 
+With ``--parquet`` each long table (all but the summary) is also written as Parquet beside
+its CSV (same name, ``.parquet``): typed columns, and list-valued config keys such as
+``layers`` kept as lists instead of the CSV's ``784-256-32`` text.  The columns of every
+table are described in docs/results-tables.md.
+
 Runs lacking a probe file (e.g. ``ae`` runs have no trace) are skipped.  Every table
 carries ``run`` and the same factor columns, so any figure can be redrawn from these
 tables without touching the runs.
@@ -34,7 +39,12 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from pcn.errors import PcnError
 from pcn.outputs.naming import fmt_value, parse_run_dir
+
+
+class RunError(PcnError, ValueError):
+    """A run folder's file is damaged (``pcn aggregate`` reports it as one line)."""
 
 #: Factor columns always carried into the curves and traces tables (when the
 #: runs have them); config keys that differ between runs are added to these.
@@ -70,8 +80,10 @@ def read_final(run_dir: str | Path) -> dict:
         raise FileNotFoundError(f"run {run_dir}: {path} is missing (did the run finish?)")
     try:
         final = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"run {run_dir}: {path} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"run {run_dir}: {path} is not valid JSON ({err}); re-run the run's training") from None
+    if not isinstance(final, dict):
+        raise RunError(f"run {run_dir}: {path} holds a {type(final).__name__}, not a JSON object; re-run the run's training")
     row = {"run": str(run_dir)}
     # Factors named in the folder are a fallback for keys final.json lacks.
     for key, value in parse_run_dir(str(run_dir)).items():
@@ -80,9 +92,44 @@ def read_final(run_dir: str | Path) -> dict:
     return row
 
 
+#: Inference stages of the summary's step columns: step 0 (the initial guess), the training
+#: T, and 10 T (or the last probed step when the probe ran fewer).
+STAGES = ("step0", "T", "10T")
+STAGE_METRICS = ("acc", "gen_mse", "recon_mse", "energy")
+
+
+def inference_stages(trace: pd.DataFrame, T: int) -> dict:
+    """Summary columns from one run's probe trace (``RUN/trace.csv``, whole-network rows):
+    ``{metric}_{stage}`` for the metrics in STAGE_METRICS at the STAGES, ``probe_steps`` (the
+    last step probed) and the settling measure ``settle_{stage}`` = ||z^t - z^{t-1}|| / ||z^t||
+    over all latent layers (nan at step 0); a run whose inference has settled at T has a small
+    ``settle_T`` (docs/methods.md)."""
+    tr = trace.copy()
+    tr["layer"] = tr["layer"].astype(str)
+    last = int(tr["step"].max())
+    steps = {"step0": 0, "T": min(int(T), last), "10T": min(10 * int(T), last)}
+    whole = tr[tr["layer"] == "all"].pivot_table(index="step", columns="metric", values="value")
+    z2 = tr[(tr["metric"] == "z_norm") & (tr["layer"] != "all")].assign(sq=lambda d: d["value"] ** 2)
+    znorm = z2.groupby("step")["sq"].sum() ** 0.5
+    out: dict = {"probe_steps": last}
+    for stage, t in steps.items():
+        for m in STAGE_METRICS:
+            out[f"{m}_{stage}"] = float(whole.at[t, m]) if m in whole and t in whole.index else float("nan")
+        dz = float(whole.at[t, "dz_norm"]) if "dz_norm" in whole and t in whole.index else float("nan")
+        zn = float(znorm.get(t, float("nan")))
+        out[f"settle_{stage}"] = dz / zn if zn > 0 else float("nan")
+    return out
+
+
 def aggregate(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per run from ``final.json``; every config key and result is a column."""
+    """One row per run from ``final.json``; every config key and result is a column.  Runs
+    probed already (``RUN/trace.csv``) also get their ``inference_stages`` columns."""
     rows = [read_final(d) for d in run_dirs]
+    for row in rows:
+        path = Path(row["run"]) / "trace.csv"
+        trace = pd.read_csv(path) if path.exists() and "T" in row else None
+        if trace is not None and {"step", "layer", "metric", "value"} <= set(trace.columns):
+            row.update(inference_stages(trace, int(row["T"])))
     if not rows:
         raise ValueError("no runs to aggregate")
     df = pd.DataFrame(rows)
@@ -126,7 +173,11 @@ def _attach(summary: pd.DataFrame, filename: str, missing_ok: bool,
             if missing_ok:
                 continue
             raise FileNotFoundError(f"run {row['run']}: {path} is missing")
-        table = pd.read_csv(path).rename(columns=rename or {})
+        try:
+            table = pd.read_csv(path).rename(columns=rename or {})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise RunError(f"run {row['run']}: {path} is not a readable CSV table "
+                           f"({str(err).splitlines()[0]}); re-run the job that writes it") from None
         if table.empty:
             continue
         clash = sorted(set(table.columns) & ({"run"} | set(cols)))
@@ -242,6 +293,47 @@ def _write(df: pd.DataFrame, out: str) -> None:
     df.to_csv(out, index=False)
 
 
+def _list_value(v):
+    """``784-256-32`` (a list flattened by fmt_value) -> [784, 256, 32]; others unchanged."""
+    if not isinstance(v, str):
+        return v
+    parts = v.split("-")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        try:
+            return [float(p) for p in parts]
+        except ValueError:
+            return v
+
+
+def parquet_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` ready for Parquet: list-valued config keys (``layers``) as lists again, and
+    columns mixing value types (e.g. the trace's ``layer``: 0, 1, ..., "all") as text."""
+    from pcn.study.config import defaults
+
+    list_keys = {k for k, v in defaults().items() if isinstance(v, list)}
+    out = df.copy()
+    for col in out.columns:
+        if col in list_keys:
+            out[col] = out[col].map(_list_value)
+            continue
+        if out[col].dtype != object:
+            continue
+        kinds = {type(v) for v in out[col] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        if len(kinds) > 1:
+            out[col] = out[col].map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    return out
+
+
+def write_parquet(df: pd.DataFrame, out: str | Path) -> Path:
+    """Write ``df`` as Parquet (pyarrow) at ``out``; returns the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parquet_frame(df).to_parquet(out, index=False, engine="pyarrow")
+    return out
+
+
 def _read_list(path: str) -> list[str]:
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
@@ -267,6 +359,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="clamping modes of all runs (clamp/clamp.csv), one row per run x mode x label x metric")
     parser.add_argument("--images-out", metavar="NPZ",
                         help="images of all runs (images.npz and clamp images), one row per image")
+    parser.add_argument("--parquet", action="store_true",
+                        help="also write each long table (--curves-out, --traces-out, ...) as Parquet "
+                             "beside its CSV (same name, .parquet)")
     parser.add_argument("--clamp-runs", nargs="*", metavar="DIR",
                         help="with --images-out: read clamp images of these runs only (default: wherever present)")
 
@@ -292,6 +387,8 @@ def run(args: argparse.Namespace) -> int:
             table = fn(run_dirs, summary)
             _write(table, out)
             print(f"wrote {out}: {len(table)} rows")
+            if getattr(args, "parquet", False):
+                print(f"wrote {write_parquet(table, Path(out).with_suffix('.parquet'))}")
     if getattr(args, "images_out", None):
         imgs = images(run_dirs, getattr(args, "clamp_runs", None))
         _write_images(imgs, args.images_out)

@@ -16,7 +16,7 @@ Conventions shared by all figures
 * one line per learning rule / model (``pcn pc``, ``pcn bp``, ``ae``; other
   swept factors such as ``T`` are added to the label), one panel per dataset;
 * lines show the mean over seeds of the runs that did not diverge, error bars /
-  bands one standard deviation;
+  bands one standard deviation (seaborn's ``lineplot(errorbar="sd")``);
 * diverged runs are never averaged in: they are drawn as ``x`` markers (where
   their numbers are finite) and counted in the panel title.
 """
@@ -62,23 +62,20 @@ def _as_bool(s: pd.Series) -> pd.Series:
 
 
 def _prepare(df: pd.DataFrame, extra_label: list[str] | None = None) -> pd.DataFrame:
-    """Add ``label`` (line), ``facet`` (panel) and a boolean ``diverged``."""
+    """Add ``label`` (line: rule / model), ``facet`` (panel: dataset), a numeric ``ce_weight``,
+    ``w`` (its legend text, "w=0.5") and a boolean ``diverged``."""
     df = df.copy()
-    if "diverged" in df:
-        df["diverged"] = _as_bool(df["diverged"])
-    else:
-        df["diverged"] = False
+    df["diverged"] = _as_bool(df["diverged"]) if "diverged" in df else False
     model = df["model"].astype(str) if "model" in df else pd.Series("pcn", index=df.index)
     rule = df["rule"].astype(str) if "rule" in df else pd.Series("", index=df.index)
-    label = np.where(model.isin(["ae", "cre"]), model, model + " " + rule)  # no rule: feedforward baselines
-    label = pd.Series(label, index=df.index).str.strip()
+    label = pd.Series(np.where(model.isin(["ae", "cre"]), model, model + " " + rule), index=df.index).str.strip()
     for col in extra_label or []:
         if col in df:
             label = label + " " + col + "=" + df[col].map(_fmt)
     df["label"] = label
     df["facet"] = df["dataset"].astype(str) if "dataset" in df else ""
-    if "ce_weight" in df:
-        df["ce_weight"] = pd.to_numeric(df["ce_weight"], errors="coerce")
+    df["ce_weight"] = pd.to_numeric(df["ce_weight"], errors="coerce") if "ce_weight" in df else np.nan
+    df["w"] = "w=" + df["ce_weight"].map(_fmt)
     return df
 
 
@@ -89,52 +86,97 @@ def _fmt(v) -> str:
         return str(v)
 
 
-def _extra_factors(summary: pd.DataFrame) -> list[str]:
+def _extra_factors(summary: pd.DataFrame | None) -> list[str] | None:
     """Swept factors besides the standard ones (they become part of the line label)."""
     from pcn.outputs.aggregate import factor_columns  # local: keep import light
 
+    if summary is None:
+        return None
     return [c for c in factor_columns(summary) if c not in _NOT_LABEL and c != "T"] + (
         ["T"] if "T" in summary and summary["T"].astype(str).nunique() > 1 else []
     )
 
 
-def _palette(labels) -> dict:
-    labels = sorted(set(labels), key=lambda s: (s.startswith(("ae", "cre")), s))
-    colors = sns.color_palette("colorblind", max(len(labels), 3))
-    return {lab: colors[i % len(colors)] for i, lab in enumerate(labels)}
+def _palette(df: pd.DataFrame, hue: str) -> dict:
+    """Colour of each value of ``hue``: CE weights (``w``) from viridis in weight order, lines
+    (rules / models) from the colour-blind palette, ae and cre last."""
+    if hue == "w":
+        levels = df.sort_values("ce_weight")["w"].drop_duplicates().tolist()
+        return dict(zip(levels, sns.color_palette("viridis", max(len(levels), 2))))
+    levels = sorted(set(df[hue]), key=lambda s: (s.startswith(("ae", "cre")), s))
+    return dict(zip(levels, sns.color_palette("colorblind", max(len(levels), 3))))
 
 
-def _weight_palette(weights) -> dict:
-    weights = sorted(set(float(w) for w in weights if not pd.isna(w)))
-    colors = sns.color_palette("viridis", max(len(weights), 2))
-    return {w: colors[i] for i, w in enumerate(weights)}
+def _numeric(df: pd.DataFrame, cols) -> pd.DataFrame:
+    """A copy with ``cols`` (those present) as floats."""
+    return df.assign(**{c: pd.to_numeric(df[c], errors="coerce") for c in cols if c in df})
 
 
 def _finite(df: pd.DataFrame, cols) -> pd.DataFrame:
-    mask = np.ones(len(df), dtype=bool)
-    for c in cols:
-        vals = pd.to_numeric(df[c], errors="coerce")
-        mask &= np.isfinite(vals.to_numpy(dtype=float))
-    return df[mask]
+    """The rows whose ``cols`` are finite numbers (as floats); none if a column is missing."""
+    if not set(cols) <= set(df.columns):
+        return df.iloc[0:0]
+    df = _numeric(df, cols)
+    return df[np.isfinite(df[list(cols)].to_numpy(dtype=float)).all(axis=1)]
 
 
-def _stats(df: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
-    """Mean, sd and n over seeds of the finite, non-diverged rows."""
-    ok = _finite(df[~df["diverged"]], cols)
-    if ok.empty:
-        return pd.DataFrame(columns=keys + [f"{c}_{s}" for c in cols for s in ("mean", "sd")] + ["n"])
-    num = ok[keys + cols].copy()
-    for c in cols:
-        num[c] = pd.to_numeric(num[c], errors="coerce")
-    g = num.groupby(keys, dropna=False)
-    out = g[cols].agg(["mean", "std"])
-    out.columns = [f"{c}_{'mean' if s == 'mean' else 'sd'}" for c, s in out.columns]
-    out["n"] = g.size()
-    return out.reset_index().fillna({f"{c}_sd": 0.0 for c in cols})
+def _metric(df: pd.DataFrame, m: str) -> pd.DataFrame:
+    """The rows of a long table (``metric``, ``value``) for metric ``m``."""
+    return df[df["metric"] == m] if "metric" in df else df.iloc[0:0]
+
+
+def _lines(ax, df: pd.DataFrame, x: str, y: str, hue: str, palette: dict, legend: bool = False,
+           marker: str | None = "o", path: bool = True, **kw) -> bool:
+    """One line per value of ``hue``: mean ± sd over seeds of ``y`` against ``x`` (seaborn,
+    ``errorbar="sd"``) of the runs that did not diverge.  Diverged runs are drawn on their own:
+    dashed and ending in an ``x`` (``path``), or as ``x`` markers only.  Returns whether anything
+    was drawn."""
+    df = _finite(df, [x, y])
+    ok, div = df[~df["diverged"]], df[df["diverged"]]
+    common = dict(x=x, y=y, hue=hue, palette=palette, ax=ax)
+    if len(ok):
+        order = [k for k in palette if k in set(ok[hue])]
+        sns.lineplot(ok, errorbar="sd", marker=marker, ms=4, hue_order=order, legend=legend, **common, **kw)
+    if len(div):
+        if path:
+            sns.lineplot(div, units="run", estimator=None, ls="--", lw=1, legend=False, **common)
+            div = div.sort_values(x).groupby("run").tail(1)
+        sns.scatterplot(div, marker="x", s=40, linewidth=1.5, legend=False, zorder=3, **common)
+    return not df.empty
+
+
+def _legend(ax, title: str | None = None) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, title=title, title_fontsize=7)
+
+
+def _frame(ax, row: int, n_rows: int | None, title: str, xlabel: str, ylabel: str) -> None:
+    """Label a panel before drawing in it (seaborn then keeps the labels, and skips working out
+    whether to show its own): the title on the top row, the x label on the bottom row of a grid
+    that shares x (of ``n_rows`` rows; ``None``: x not shared, every row shows it)."""
+    ax.set(title=title if row == 0 else "", xlabel=xlabel, ylabel=ylabel)
+    ax.xaxis.label.set_visible(n_rows is None or row == n_rows - 1)
 
 
 def _facets(df: pd.DataFrame) -> list[str]:
     return sorted(df["facet"].unique().tolist()) if len(df) else [""]
+
+
+def _panels(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(dataset, line label) pairs: one column of panels each."""
+    return sorted({(f, lab) for f, lab in zip(df["facet"], df["label"])}) or [("", "")]
+
+
+def _panel(df: pd.DataFrame, facet: str, label: str) -> pd.DataFrame:
+    return df[(df["facet"] == facet) & (df["label"] == label)]
+
+
+def _where(facet: str, label: str) -> str:
+    return " ".join(p for p in (facet, label) if p)
+
+
+def _n_diverged_runs(df: pd.DataFrame) -> int:
+    return int(df.loc[df["diverged"], "run"].nunique()) if "run" in df else int(df["diverged"].sum())
 
 
 def _title(facet: str, n_div: int) -> str:
@@ -150,231 +192,13 @@ def _empty(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def _finish_ce_panel(ax, div: pd.DataFrame, key: str, y: str, colour, drawn: bool, empty: str, ylabel: str,
-                     title: str, row: int, n_rows: int, zorder: float | None = None) -> None:
-    """Finish one panel of a metric against the CE weight: diverged runs as x markers (one
-    colour per ``key`` group, ``colour(group)``), a note if nothing was drawn, the y label, the
-    title on the top row and the x label on the bottom row."""
-    for group, g in div.groupby(key):
-        ax.scatter(g["ce_weight"], pd.to_numeric(g[y]), marker="x", s=40, color=colour(group), zorder=zorder)
-    if not drawn and div.empty:
-        _empty(ax, empty)
-    ax.set_ylabel(ylabel)
-    if row == 0:
-        ax.set_title(title)
-    if row == n_rows - 1:
-        ax.set_xlabel("CE weight w")
-
-
 def _name(col: str) -> str:
     return _METRIC_NAMES.get(col, col.replace("_", " "))
 
 
-def _first_present(df: pd.DataFrame, names) -> str | None:
-    return next((n for n in names if n in df), None)
-
-
-# --------------------------------------------------------------------------- figures
-def tradeoff(summary: pd.DataFrame, x: str = "recon_mse", y: str = "test_acc") -> plt.Figure:
-    """Trade-off front: test accuracy vs reconstruction error, one point per CE weight."""
-    df = _prepare(summary, _extra_factors(summary))
-    facets = _facets(df)
-    pal = _palette(df["label"])
-    fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4.4), squeeze=False)
-    for ax, facet in zip(axes[0], facets):
-        sub = df[df["facet"] == facet]
-        st = _stats(sub, ["label", "ce_weight"], [x, y])
-        for label, g in st.groupby("label"):
-            g = g.sort_values("ce_weight")
-            ax.errorbar(g[f"{x}_mean"], g[f"{y}_mean"], xerr=g[f"{x}_sd"], yerr=g[f"{y}_sd"],
-                        marker="o", ms=5, lw=1.5, capsize=2, color=pal[label], label=label)
-            for _, r in g.iterrows():
-                ax.annotate(_fmt(r["ce_weight"]), (r[f"{x}_mean"], r[f"{y}_mean"]),
-                            textcoords="offset points", xytext=(4, 4), fontsize=7, color=pal[label])
-        div = sub[sub["diverged"]]
-        for label, g in _finite(div, [x, y]).groupby("label"):
-            ax.scatter(pd.to_numeric(g[x]), pd.to_numeric(g[y]), marker="x", s=50,
-                       color=pal[label], label=f"{label} (diverged)")
-        if st.empty and _finite(div, [x, y]).empty:
-            _empty(ax, "no finite results")
-        ax.set_xlabel(_name(x) + " (lower is better)")
-        ax.set_ylabel(_name(y))
-        ax.set_title(_title(facet, int(sub["diverged"].sum())))
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, title="labels: CE weight w", title_fontsize=7)
-    fig.suptitle("Classification-reconstruction trade-off (mean ± sd over seeds)")
-    fig.tight_layout()
-    return fig
-
-
-def ce_weight(summary: pd.DataFrame, metrics=("test_acc", "recon_mse", "gen_mse")) -> plt.Figure:
-    """Accuracy and reconstruction (and generation) error vs CE weight."""
-    df = _prepare(summary, _extra_factors(summary))
-    metrics = [m for m in metrics if m in df] or ["test_acc"]
-    facets = _facets(df)
-    pal = _palette(df["label"])
-    fig, axes = plt.subplots(len(metrics), len(facets), figsize=(5 * len(facets), 3.2 * len(metrics)),
-                             squeeze=False, sharex=True)
-    for j, facet in enumerate(facets):
-        sub = df[df["facet"] == facet]
-        n_div = int(sub["diverged"].sum())
-        for i, m in enumerate(metrics):
-            ax = axes[i][j]
-            if m not in sub:
-                _empty(ax, f"no column {m}")
-                continue
-            st = _stats(sub, ["label", "ce_weight"], [m])
-            for label, g in st.groupby("label"):
-                g = g.sort_values("ce_weight")
-                ax.plot(g["ce_weight"], g[f"{m}_mean"], marker="o", ms=4, color=pal[label], label=label)
-                ax.fill_between(g["ce_weight"], g[f"{m}_mean"] - g[f"{m}_sd"],
-                                g[f"{m}_mean"] + g[f"{m}_sd"], color=pal[label], alpha=0.2, lw=0)
-            _finish_ce_panel(ax, _finite(sub[sub["diverged"]], [m, "ce_weight"]), "label", m, pal.get,
-                             not st.empty, "no finite results", _name(m), _title(facet, n_div), i, len(metrics))
-        if axes[0][j].get_legend_handles_labels()[0]:
-            axes[0][j].legend(fontsize=8)
-    fig.suptitle("Test metrics vs CE weight (mean ± sd over seeds; x = diverged run)")
-    fig.tight_layout()
-    return fig
-
-
-def _whole_network(traces: pd.DataFrame) -> pd.DataFrame:
-    if "layer" not in traces:
-        return traces
-    layer = traces["layer"].astype(str).str.strip().str.lower()
-    return traces[layer.isin(_WHOLE_NETWORK)]
-
-
-def _join_summary(table: pd.DataFrame, summary: pd.DataFrame | None) -> pd.DataFrame:
-    """Bring factor columns and the diverged flag from the summary (by ``run``)."""
-    if summary is None or "run" not in table or "run" not in summary:
-        return table
-    cols = [c for c in summary.columns if c == "run" or c not in table]
-    keep = [c for c in cols if c in ("run", "diverged", "dataset", "model", "rule", "ce_weight", "seed", "T")]
-    return table.merge(summary[keep], on="run", how="left")
-
-
-def inference(traces: pd.DataFrame, summary: pd.DataFrame | None = None,
-              metrics=(("energy", "energy_total"), ("acc", "accuracy", "test_acc"))) -> plt.Figure:
-    """Energy and accuracy vs inference step (log steps), one panel per rule, training T marked."""
-    df = _join_summary(_whole_network(traces), summary)
-    if "model" in df:
-        df = df[df["model"].astype(str) != "ae"]
-    df = _prepare(df, _extra_factors(summary) if summary is not None else None)
-    names = [m for m in (_first_present_metric(df, alts) for alts in metrics) if m]
-    panels = _panels(df)
-    rows = names or ["energy"]
-    fig, axes = plt.subplots(len(rows), len(panels), figsize=(4.6 * len(panels), 3.3 * len(rows)),
-                             squeeze=False, sharex=True)
-    wpal = _weight_palette(df["ce_weight"]) if "ce_weight" in df else {}
-    for j, (facet, label) in enumerate(panels):
-        sub = df[(df["facet"] == facet) & (df["label"] == label)]
-        for i, m in enumerate(rows):
-            ax = axes[i][j]
-            tm = sub[sub["metric"] == m].copy() if "metric" in sub else sub.iloc[0:0]
-            tm["value"] = pd.to_numeric(tm.get("value"), errors="coerce")
-            tm["step"] = pd.to_numeric(tm.get("step"), errors="coerce")
-            tm = tm[np.isfinite(tm["value"].to_numpy(dtype=float))]
-            if tm.empty:
-                _empty(ax, f"no {m} trace")
-            else:
-                _weight_lines(ax, tm, "step", "value", wpal, marker=None)
-                ax.set_xscale("symlog", linthresh=1)
-                if m in ("energy_total", "energy") and (tm["value"] > 0).all():
-                    ax.set_yscale("log")
-            _mark_T(ax, sub)
-            ax.set_ylabel(_name(m))
-            if i == 0:
-                ax.set_title(" ".join(p for p in (facet, label) if p) or "inference")
-            if i == len(rows) - 1:
-                ax.set_xlabel("inference step")
-        handles, labs = axes[0][j].get_legend_handles_labels()
-        if handles:
-            axes[0][j].legend(fontsize=7, title="CE weight", title_fontsize=7)
-    fig.suptitle("Inference dynamics on the test set (mean ± sd over seeds; dashed/x = diverged)")
-    fig.tight_layout()
-    return fig
-
-
-def _first_present_metric(df: pd.DataFrame, alternatives) -> str | None:
-    if "metric" not in df:
-        return None
-    present = set(df["metric"].astype(str))
-    return next((m for m in alternatives if m in present), None)
-
-
-def curves(curves_df: pd.DataFrame, summary: pd.DataFrame | None = None,
-           metrics=(("test_acc", "val_acc"), ("recon_mse",), ("train_loss",))) -> plt.Figure:
-    """Training curves per epoch: accuracy, reconstruction error and loss; one panel per rule."""
-    df = _join_summary(curves_df, summary)
-    df = _prepare(df, _extra_factors(summary) if summary is not None else None)
-    rows = [m for m in (_first_present(df, alts) for alts in metrics) if m] or ["epoch"]
-    panels = _panels(df)
-    fig, axes = plt.subplots(len(rows), len(panels), figsize=(4.4 * len(panels), 3.0 * len(rows)),
-                             squeeze=False, sharex=True)
-    wpal = _weight_palette(df["ce_weight"]) if "ce_weight" in df else {}
-    for j, (facet, label) in enumerate(panels):
-        sub = df[(df["facet"] == facet) & (df["label"] == label)]
-        for i, m in enumerate(rows):
-            ax = axes[i][j]
-            if m not in sub or "epoch" not in sub or sub.empty:
-                _empty(ax, f"no {m}")
-                continue
-            _weight_lines(ax, sub.assign(**{m: pd.to_numeric(sub[m], errors="coerce")}), "epoch", m, wpal)
-            ax.set_ylabel(_name(m))
-            if i == 0:
-                ax.set_title(" ".join(p for p in (facet, label) if p) or "training")
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-            if i == len(rows) - 1:
-                ax.set_xlabel("epoch")
-        if axes[0][j].get_legend_handles_labels()[0]:
-            axes[0][j].legend(fontsize=7, title="CE weight", title_fontsize=7)
-    fig.suptitle("Training curves (mean ± sd over seeds; dashed/x = diverged)")
-    fig.tight_layout()
-    return fig
-
-
-# --------------------------------------------------------------------------- probe figures
-def _numeric(df: pd.DataFrame, cols) -> pd.DataFrame:
-    """A copy with ``cols`` (those present) as floats."""
-    df = df.copy()
-    for c in cols:
-        if c in df:
-            df[c] = pd.to_numeric(df[c], errors="coerce")
-    return df
-
-
-def _panels(df: pd.DataFrame) -> list[tuple[str, str]]:
-    """(dataset, line label) pairs: one column of panels each."""
-    return sorted({(f, lab) for f, lab in zip(df["facet"], df["label"])}) or [("", "")]
-
-
-def _n_diverged_runs(df: pd.DataFrame) -> int:
-    if "run" in df:
-        return int(df.loc[df["diverged"], "run"].nunique())
-    return int(df["diverged"].sum())
-
-
-def _weight_lines(ax, df: pd.DataFrame, x: str, y: str, wpal: dict, marker: str | None = "o") -> bool:
-    """One line per CE weight: mean ± sd over seeds (runs that did not diverge) of ``y``
-    against ``x``; runs that diverged in training drawn dashed, ending in ``x``.  Returns
-    whether anything was drawn."""
-    drawn = False
-    df = _finite(df, [x, y])
-    for w, g in df.groupby("ce_weight", dropna=False):
-        color = wpal.get(float(w), "0.3") if not pd.isna(w) else "0.3"
-        ok = g[~g["diverged"]]
-        if len(ok):
-            st = ok.groupby(x)[y].agg(["mean", "std"]).reset_index().fillna(0.0).sort_values(x)
-            ax.plot(st[x], st["mean"], color=color, lw=1.5, marker=marker, ms=3, label=f"w={_fmt(w)}")
-            ax.fill_between(st[x], st["mean"] - st["std"], st["mean"] + st["std"], color=color, alpha=0.15, lw=0)
-            drawn = True
-        for _, gr in g[g["diverged"]].groupby("run" if "run" in g else "seed"):
-            gr = gr.sort_values(x)
-            ax.plot(gr[x], gr[y], color=color, lw=1, ls="--")
-            ax.scatter(gr[x].iloc[-1:], gr[y].iloc[-1:], marker="x", color=color, s=40, zorder=3)
-            drawn = True
-    return drawn
+def _present(present, alternatives) -> list[str]:
+    """Per group of alternative names, the first that is in ``present`` (a group with none: left out)."""
+    return [m for m in (next((n for n in alts if n in present), None) for alts in alternatives) if m]
 
 
 def _mark_T(ax, sub: pd.DataFrame, col: str = "T", text: str = "train T") -> None:
@@ -387,61 +211,211 @@ def _mark_T(ax, sub: pd.DataFrame, col: str = "T", text: str = "train T") -> Non
                     xytext=(2, -10), textcoords="offset points", fontsize=7)
 
 
+def _join_summary(table: pd.DataFrame, summary: pd.DataFrame | None, drop_ae: bool = False) -> pd.DataFrame:
+    """Bring factor columns and the diverged flag from the summary (by ``run``); without the ae
+    runs if ``drop_ae`` (figures of inference, which an ae does not have)."""
+    if summary is not None and "run" in table and "run" in summary:
+        keep = [c for c in summary.columns if c == "run" or (c not in table and c in _NOT_LABEL | {"diverged"})]
+        table = table.merge(summary[keep], on="run", how="left")
+    return table[~table["model"].astype(str).isin(["ae", "cre"])] if drop_ae and "model" in table else table
+
+
+def _grid(n_rows: int, n_cols: int, width: float, height: float, **kw):
+    return plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False, **kw)
+
+
+def _finish(fig, title: str) -> plt.Figure:
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- figures
+def tradeoff(summary: pd.DataFrame, xs=("gen_mse", "recon_mse"), y: str = "test_acc") -> plt.Figure:
+    """Trade-off front: test accuracy against gen_mse (top-down reconstruction from z_L alone,
+    the bottleneck measure that compares with an autoencoder; first row) and against recon_mse
+    (prediction of x after inference with x clamped; second row), one point per CE weight, one
+    line per rule / model.  Both axes carry mean ± sd over seeds, so this figure draws its own
+    error bars (seaborn's are along one axis only)."""
+    df = _prepare(summary, _extra_factors(summary))
+    xs = [x for x in xs if x in df] or ["recon_mse"]
+    facets, pal = _facets(df), _palette(df, "label")
+    fig, axes = _grid(len(xs), len(facets), 5.2, 4.4)
+    for i, x in enumerate(xs):
+        for ax, facet in zip(axes[i], facets):
+            _front(ax, df[df["facet"] == facet], x, y, pal)
+            ax.set(xlabel=_name(x) + " (lower is better)", ylabel=_name(y),
+                   title=_title(facet, _n_diverged_runs(df[df["facet"] == facet])))
+    return _finish(fig, "Classification-reconstruction trade-off (mean ± sd over seeds)")
+
+
+def _front(ax, df: pd.DataFrame, x: str, y: str, pal: dict) -> None:
+    """One front per line label: the seed means of (x, y) per CE weight with sd error bars, the
+    weights annotated; diverged runs as x."""
+    sub = _finite(df, [x, y])
+    stats = sub[~sub["diverged"]].groupby(["label", "ce_weight"])[[x, y]].agg(["mean", "std"]).fillna(0.0)
+    for label, g in stats.groupby(level="label"):
+        mx, my = g[(x, "mean")], g[(y, "mean")]
+        ax.errorbar(mx, my, xerr=g[(x, "std")], yerr=g[(y, "std")], marker="o", ms=5, lw=1.5, capsize=2,
+                    color=pal[label], label=label)
+        for (_, w), px, py in zip(g.index, mx, my):
+            ax.annotate(_fmt(w), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=pal[label])
+    for label, g in sub[sub["diverged"]].groupby("label"):
+        ax.scatter(g[x], g[y], marker="x", s=50, color=pal[label], label=f"{label} (diverged)")
+    if sub.empty:
+        _empty(ax, "no finite results")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, title="labels: CE weight w", title_fontsize=7)
+
+
+def inference_gain(summary: pd.DataFrame, metrics=("acc", "gen_mse")) -> plt.Figure:
+    """What inference adds: test accuracy and gen_mse at inference step 0 (the initial guess),
+    at the training T and at 10 T (the summary's ``{metric}_{stage}`` columns, from the probe
+    traces) against the CE weight; one panel column per rule (and init, when swept), one line
+    per stage, mean ± sd over seeds."""
+    from pcn.outputs.aggregate import STAGES
+
+    df = _prepare(summary, _extra_factors(summary))
+    df = df[df["model"].astype(str) == "pcn"] if "model" in df else df
+    long = [df.assign(stage=stage, value=pd.to_numeric(df.get(f"{m}_{stage}"), errors="coerce"), metric=m)
+            for m in metrics for stage in STAGES if f"{m}_{stage}" in df]
+    panels = _panels(df)
+    fig, axes = _grid(len(metrics), max(len(panels), 1), 4.6, 3.3, sharex=True)
+    table = pd.concat(long, ignore_index=True) if long else pd.DataFrame()
+    pal = dict(zip(STAGES, sns.color_palette("rocket_r", len(STAGES))))
+    for j, (facet, label) in enumerate(panels or [("", "")]):
+        for i, m in enumerate(metrics):
+            ax = axes[i][j]
+            _frame(ax, i, len(metrics), _where(facet, label) or "inference", "CE weight w",
+                   ("test " if m == "acc" else "") + _name(m))
+            sub = _metric(_panel(table, facet, label), m) if not table.empty else table
+            if table.empty or not _lines(ax, _finite(sub, ["ce_weight", "value"]), "ce_weight", "value",
+                                         "stage", pal, legend=i == 0):
+                _empty(ax, "no probe traces in the summary")
+        _legend(axes[0][j], "inference step")
+    return _finish(fig, "What inference adds: step 0 vs T vs 10 T (mean ± sd over seeds)")
+
+
+def ce_weight(summary: pd.DataFrame, metrics=("test_acc", "recon_mse", "gen_mse")) -> plt.Figure:
+    """Accuracy and reconstruction (and generation) error vs CE weight, one line per rule / model."""
+    df = _prepare(summary, _extra_factors(summary))
+    metrics = [m for m in metrics if m in df] or ["test_acc"]
+    facets, pal = _facets(df), _palette(df, "label")
+    fig, axes = _grid(len(metrics), len(facets), 5, 3.2, sharex=True)
+    for j, facet in enumerate(facets):
+        sub = df[df["facet"] == facet]
+        for i, m in enumerate(metrics):
+            _frame(axes[i][j], i, len(metrics), _title(facet, _n_diverged_runs(sub)), "CE weight w", _name(m))
+            if not _lines(axes[i][j], sub, "ce_weight", m, "label", pal, legend=i == 0, path=False):
+                _empty(axes[i][j], "no finite results")
+        _legend(axes[0][j])
+    return _finish(fig, "Test metrics vs CE weight (mean ± sd over seeds; x = diverged run)")
+
+
+def _whole_network(traces: pd.DataFrame) -> pd.DataFrame:
+    if "layer" not in traces:
+        return traces
+    layer = traces["layer"].astype(str).str.strip().str.lower()
+    return traces[layer.isin(_WHOLE_NETWORK)]
+
+
+def inference(traces: pd.DataFrame, summary: pd.DataFrame | None = None,
+              metrics=(("energy", "energy_total"), ("acc", "accuracy", "test_acc"))) -> plt.Figure:
+    """Energy and accuracy vs inference step (log steps), one panel per rule, training T marked."""
+    df = _prepare(_join_summary(_whole_network(traces), summary, drop_ae=True), _extra_factors(summary))
+    rows = _present(set(df["metric"].astype(str)) if "metric" in df else set(), metrics) or ["energy"]
+    panels, wpal = _panels(df), _palette(df, "w")
+    fig, axes = _grid(len(rows), len(panels), 4.6, 3.3, sharex=True)
+    for j, (facet, label) in enumerate(panels):
+        sub = _panel(df, facet, label)
+        for i, m in enumerate(rows):
+            ax, tm = axes[i][j], _finite(_metric(sub, m), ["step", "value"])
+            _frame(ax, i, len(rows), _where(facet, label) or "inference", "inference step", _name(m))
+            if _lines(ax, tm, "step", "value", "w", wpal, legend=i == 0, marker=None):
+                ax.set_xscale("symlog", linthresh=1)
+                if m in ("energy_total", "energy") and (tm["value"] > 0).all():
+                    ax.set_yscale("log")
+                ax.autoscale_view()  # limits for the new scales (seaborn set them for linear ones)
+            else:
+                _empty(ax, f"no {m} trace")
+            _mark_T(ax, sub)
+        _legend(axes[0][j], "CE weight")
+    return _finish(fig, "Inference dynamics on the test set (mean ± sd over seeds; dashed/x = diverged)")
+
+
+def curves(curves_df: pd.DataFrame, summary: pd.DataFrame | None = None,
+           metrics=(("test_acc", "val_acc"), ("recon_mse",), ("train_loss",))) -> plt.Figure:
+    """Training curves per epoch: accuracy, reconstruction error and loss; one panel per rule."""
+    df = _prepare(_join_summary(curves_df, summary), _extra_factors(summary))
+    rows = _present(df.columns, metrics) or ["epoch"]
+    panels, wpal = _panels(df), _palette(df, "w")
+    fig, axes = _grid(len(rows), len(panels), 4.4, 3.0, sharex=True)
+    for j, (facet, label) in enumerate(panels):
+        sub = _panel(df, facet, label)
+        for i, m in enumerate(rows):
+            ax = axes[i][j]
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            _frame(ax, i, len(rows), _where(facet, label) or "training", "epoch", _name(m))
+            if not _lines(ax, sub, "epoch", m, "w", wpal, legend=i == 0):
+                _empty(ax, f"no {m}")
+        _legend(axes[0][j], "CE weight")
+    return _finish(fig, "Training curves (mean ± sd over seeds; dashed/x = diverged)")
+
+
+# --------------------------------------------------------------------------- probe figures
 def sensitivity(sens: pd.DataFrame, summary: pd.DataFrame | None = None,
                 metrics=("acc", "recon_mse")) -> plt.Figure:
     """Test-time sensitivity: accuracy and reconstruction MSE against the test-time number of
     inference steps (at the training eta) and against eta (at the training T); one column of
     panels per rule, one colour per CE weight; points where some test images' inference went
     non-finite are ringed."""
-    df = _join_summary(sens, summary)
-    if "model" in df:
-        df = df[df["model"].astype(str) != "ae"]
-    df = _prepare(_numeric(df, ["value", "eta_factor", "test_T", "T"]),
-                  _extra_factors(summary) if summary is not None else None)
-    panels = _panels(df)
+    df = _join_summary(sens, summary, drop_ae=True)
+    df = _prepare(_numeric(df, ["value", "eta_factor", "test_T", "T"]), _extra_factors(summary))
+    panels, wpal = _panels(df), _palette(df, "w")
     rows = [(m, "T") for m in metrics] + [(m, "eta") for m in metrics]
-    fig, axes = plt.subplots(len(rows), len(panels), figsize=(4.4 * len(panels), 2.9 * len(rows)), squeeze=False)
-    wpal = _weight_palette(df["ce_weight"]) if "ce_weight" in df else {}
+    fig, axes = _grid(len(rows), len(panels), 4.4, 2.9)
     for j, (facet, label) in enumerate(panels):
-        sub = df[(df["facet"] == facet) & (df["label"] == label)]
+        sub = _panel(df, facet, label)
         for i, (m, axis) in enumerate(rows):
             ax = axes[i][j]
             if axis == "T":
                 sl, x = sub[np.isclose(sub.get("eta_factor", np.nan), 1.0)], "test_T"
+                xlabel = "test-time inference steps T (at the training eta)"
             else:
                 sl, x = sub[sub.get("test_T", np.nan) == sub.get("T", np.nan)], "eta_factor"
-            tm = sl[sl["metric"] == m] if "metric" in sl else sl.iloc[0:0]
-            if x not in tm or not _weight_lines(ax, tm, x, "value", wpal):
+                xlabel = "test-time eta / training eta (at the training T)"
+            tm = _finite(_metric(sl, m), [x, "value"])
+            _frame(ax, i, None, _title(_where(facet, label), _n_diverged_runs(sub)), xlabel, _name(m))
+            if not _lines(ax, tm, x, "value", "w", wpal, legend=i == 0):
                 _empty(ax, f"no {m} values")
             else:
-                bad = sl[(sl["metric"] == "nonfinite") & (sl["value"] > 0)][["run", x]] if "run" in sl else None
-                if bad is not None and len(bad):
-                    ring = _finite(tm.merge(bad, on=["run", x]), [x, "value"])
+                bad = _metric(sl, "nonfinite")
+                ring = tm.merge(bad.loc[bad["value"] > 0, ["run", x]], on=["run", x])
+                if len(ring):
                     ax.scatter(ring[x], ring["value"], s=70, facecolors="none", edgecolors="red", lw=1,
                                label="non-finite inference", zorder=3)
                 if axis == "T":
                     ax.set_xscale("symlog", linthresh=1)
                     _mark_T(ax, sl)
-                    ax.set_xlabel("test-time inference steps T (at the training eta)")
                 else:
                     ax.set_xscale("log", base=2)
                     ax.axvline(1.0, color="k", ls=":", lw=1)
-                    ax.set_xlabel("test-time eta / training eta (at the training T)")
-                if m.endswith("mse") and (tm["value"].dropna() > 0).all() and len(tm):
+                if m.endswith("mse") and (tm["value"] > 0).all():
                     ax.set_yscale("log")
-            ax.set_ylabel(_name(m))
-            if i == 0:
-                ax.set_title(_title(" ".join(p for p in (facet, label) if p), _n_diverged_runs(sub)))
-        if axes[0][j].get_legend_handles_labels()[0]:
-            axes[0][j].legend(fontsize=7, title="CE weight", title_fontsize=7)
-    fig.suptitle("Test-time sensitivity to T and eta (mean ± sd over seeds; dashed/x = diverged in training)")
-    fig.tight_layout()
-    return fig
+                ax.autoscale_view()
+        _legend(axes[0][j], "CE weight")
+    return _finish(fig, "Test-time sensitivity to T and eta (mean ± sd over seeds; dashed/x = diverged in training)")
 
 
 def _layer_key(layer) -> tuple:
     text = str(layer)
     return (0, int(float(text))) if text.replace(".", "", 1).isdigit() else (1, text)
+
+
+def _layers(df: pd.DataFrame) -> pd.DataFrame:
+    """``layer`` as text ("0", "1", ..., "all")."""
+    return df.assign(layer=df["layer"].astype(str).str.replace(r"\.0$", "", regex=True) if "layer" in df else "?")
 
 
 def probes(lp: pd.DataFrame, summary: pd.DataFrame | None = None,
@@ -450,68 +424,53 @@ def probes(lp: pd.DataFrame, summary: pd.DataFrame | None = None,
     probe and test MSE of a ridge reconstruction of x from each layer, one line per layer
     (layer 0, the image itself, dashed grey as the reference), one column per rule / model.
     Per run the probe at its largest probed inference step (the eval T; ae: 0)."""
-    df = _join_summary(lp, summary)
-    df = _prepare(_numeric(df, ["value", "step"]), _extra_factors(summary) if summary is not None else None)
+    df = _layers(_prepare(_numeric(_join_summary(lp, summary), ["value", "step"]), _extra_factors(summary)))
     if "run" in df and len(df):
         df = df[df["step"] == df.groupby("run")["step"].transform("max")]
-    df["layer"] = df["layer"].astype(str).str.replace(r"\.0$", "", regex=True) if "layer" in df else "?"
     panels = _panels(df)
-    rows = [m for m in metrics if "metric" in df and m in set(df["metric"])] or list(metrics)
-    layers = sorted(set(df["layer"]), key=_layer_key)
-    lpal = dict(zip([lay for lay in layers if lay != "0"], sns.color_palette("crest", max(len(layers) - 1, 1))))
-    lpal["0"] = "0.55"
-    fig, axes = plt.subplots(len(rows), len(panels), figsize=(4.4 * len(panels), 3.2 * len(rows)),
-                             squeeze=False, sharex=True)
+    rows = [m for m in metrics if m in set(df.get("metric", []))] or list(metrics)
+    layers = sorted(set(df["layer"]) - {"0"}, key=_layer_key)
+    colours = dict(zip(layers, sns.color_palette("crest", max(len(layers), 1))), **{"0": "0.55"})
+    fig, axes = _grid(len(rows), len(panels), 4.4, 3.2, sharex=True)
     names = {"probe_acc": "probe accuracy (test)", "ridge_mse": "ridge reconstruction MSE (test)",
              "ridge_r2": "ridge reconstruction R²"}
     for j, (facet, label) in enumerate(panels):
-        sub = df[(df["facet"] == facet) & (df["label"] == label)]
-        top = max((_layer_key(lay) for lay in sub["layer"] if lay != "0"), default=None)
+        sub = _panel(df, facet, label)
+        top = max((lay for lay in sub["layer"] if lay != "0"), key=_layer_key, default=None)
+        line = {lay: "layer 0 (x)" if lay == "0" else f"layer {lay}" + (" (top)" if lay == top else "")
+                for lay in sorted(set(sub["layer"]), key=_layer_key)}
+        sub = sub.assign(line=sub["layer"].map(line))
+        pal = {name: colours[lay] for lay, name in line.items()}
+        dashes = {name: (4, 2) if lay == "0" else "" for lay, name in line.items()}
         for i, m in enumerate(rows):
             ax = axes[i][j]
-            tm = sub[sub["metric"] == m] if "metric" in sub else sub.iloc[0:0]
-            st = _stats(tm, ["layer", "ce_weight"], ["value"])
-            for layer, g in sorted(st.groupby("layer"), key=lambda kv: _layer_key(kv[0])):
-                g = g.sort_values("ce_weight")
-                ref = layer == "0"
-                name = "layer 0 (x)" if ref else f"layer {layer}" + (" (top)" if _layer_key(layer) == top else "")
-                ax.plot(g["ce_weight"], g["value_mean"], marker="o", ms=3, lw=1.2 if ref else 1.6,
-                        ls="--" if ref else "-", color=lpal.get(layer, "0.3"), label=name)
-                ax.fill_between(g["ce_weight"], g["value_mean"] - g["value_sd"], g["value_mean"] + g["value_sd"],
-                                color=lpal.get(layer, "0.3"), alpha=0.15, lw=0)
-            _finish_ce_panel(ax, _finite(tm[tm["diverged"]], ["value", "ce_weight"]), "layer", "value",
-                             lambda lay: lpal.get(lay, "0.3"), not st.empty, f"no {m} values",
-                             names.get(m, _name(m)), _title(" ".join(p for p in (facet, label) if p),
-                                                            _n_diverged_runs(sub)), i, len(rows), zorder=3)
-        if axes[0][j].get_legend_handles_labels()[0]:
-            axes[0][j].legend(fontsize=7)
-    fig.suptitle("Linear probes per layer vs CE weight (mean ± sd over seeds; x = diverged run)")
-    fig.tight_layout()
-    return fig
+            _frame(ax, i, len(rows), _title(_where(facet, label), _n_diverged_runs(sub)),
+                   "CE weight w", names.get(m, _name(m)))
+            if not _lines(ax, _metric(sub, m), "ce_weight", "value", "line", pal, legend=i == 0, path=False,
+                          style="line", dashes=dashes):
+                _empty(ax, f"no {m} values")
+        _legend(axes[0][j])
+    return _finish(fig, "Linear probes per layer vs CE weight (mean ± sd over seeds; x = diverged run)")
 
 
 def alignment(al: pd.DataFrame, summary: pd.DataFrame | None = None) -> plt.Figure:
     """PC-vs-BP gradient alignment over training: cosine between the PC weight update and the
     BP gradient of the same objective (logged each epoch on a fixed batch), for all weights
     together (top row) and per layer W_l; one column per rule, one colour per CE weight."""
-    df = _join_summary(al, summary)
-    if "model" in df:
-        df = df[df["model"].astype(str) != "ae"]
-    df = _prepare(_numeric(df, ["value", "epoch"]), _extra_factors(summary) if summary is not None else None)
-    df["layer"] = df["layer"].astype(str).str.replace(r"\.0$", "", regex=True) if "layer" in df else "?"
-    panels = _panels(df)
-    layers = sorted({lay for lay, m in zip(df["layer"], df.get("metric", [])) if m == "cos_W"}, key=_layer_key)
-    rows = [("all", "cos")] + [(lay, "cos_W") for lay in layers]
-    fig, axes = plt.subplots(len(rows), len(panels), figsize=(4.4 * len(panels), 2.6 * len(rows)),
-                             squeeze=False, sharex=True)
-    wpal = _weight_palette(df["ce_weight"]) if "ce_weight" in df else {}
+    df = _layers(_prepare(_numeric(_join_summary(al, summary, drop_ae=True), ["value", "epoch"]),
+                          _extra_factors(summary)))
+    panels, wpal = _panels(df), _palette(df, "w")
+    rows = [("all", "cos")] + [(lay, "cos_W") for lay in sorted(set(_metric(df, "cos_W")["layer"]), key=_layer_key)]
+    fig, axes = _grid(len(rows), len(panels), 4.4, 2.6, sharex=True)
     for j, (facet, label) in enumerate(panels):
-        sub = df[(df["facet"] == facet) & (df["label"] == label)]
+        sub = _panel(df, facet, label)
         for i, (layer, m) in enumerate(rows):
-            ax = axes[i][j]
-            tm = sub[(sub["layer"] == layer) & (sub["metric"] == m)] if "metric" in sub else sub.iloc[0:0]
+            ax, tm = axes[i][j], _metric(sub[sub["layer"] == layer], m)
             undefined = _undefined_weights(sub, tm)
-            if not _weight_lines(ax, tm, "epoch", "value", wpal, marker="o"):
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            _frame(ax, i, len(rows), _title(_where(facet, label), _n_diverged_runs(sub)),
+                   "epoch (0 = initial weights)", "cos, all weights" if layer == "all" else f"cos, W_{layer}")
+            if not _lines(ax, tm, "epoch", "value", "w", wpal, legend=i == 0):
                 _empty(ax, "no alignment values" + (f"\n{undefined}" if undefined else ""))
             else:
                 ax.axhline(1.0, color="k", lw=0.8, ls=":")
@@ -519,18 +478,9 @@ def alignment(al: pd.DataFrame, summary: pd.DataFrame | None = None) -> plt.Figu
                 if undefined and i == 0:
                     ax.text(0.02, 0.1, undefined, transform=ax.transAxes, fontsize=7, color="0.3",
                             bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
-            ax.set_ylabel("cos, all weights" if layer == "all" else f"cos, W_{layer}")
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-            if i == 0:
-                ax.set_title(_title(" ".join(p for p in (facet, label) if p), _n_diverged_runs(sub)))
-            if i == len(rows) - 1:
-                ax.set_xlabel("epoch (0 = initial weights)")
-        if axes[0][j].get_legend_handles_labels()[0]:
-            axes[0][j].legend(fontsize=7, title="CE weight", title_fontsize=7)
-    fig.suptitle("PC update vs BP gradient of the same objective over training "
-                 "(cosine; mean ± sd over seeds; dashed/x = diverged)")
-    fig.tight_layout()
-    return fig
+        _legend(axes[0][j], "CE weight")
+    return _finish(fig, "PC update vs BP gradient of the same objective over training "
+                        "(cosine; mean ± sd over seeds; dashed/x = diverged)")
 
 
 def _undefined_weights(sub: pd.DataFrame, tm: pd.DataFrame) -> str:
@@ -539,7 +489,7 @@ def _undefined_weights(sub: pd.DataFrame, tm: pd.DataFrame) -> str:
     if tm.empty or "metric" not in sub:
         return ""
     nan_w = [w for w, g in tm.groupby("ce_weight") if g["value"].isna().all()]
-    ratio = sub[sub["metric"] == "norm_ratio_W"]
+    ratio = _metric(sub, "norm_ratio_W")
     zero = [w for w in nan_w
             if len(ratio[ratio["ce_weight"] == w]) and (ratio.loc[ratio["ce_weight"] == w, "value"] == 0).all()]
     if not zero:
@@ -628,7 +578,7 @@ def images(table: dict, summary: pd.DataFrame | None = None, clamp: pd.DataFrame
             for line in lines:
                 for kind, name in kinds:
                     if kind == "gen" and line.startswith(("ae", "cre")):
-                        continue  # an ae's generation from its latent is its reconstruction
+                        continue  # an ae's (cre's) generation from its latent is its reconstruction
                     if ((sub["line"] == line) & (sub["kind"] == kind)).any():
                         rows.append((f"{line}\n{name}", kind, line))
             if rows:
@@ -719,8 +669,20 @@ def _read(path: str | None, what: str, required: bool):
     if what == "images":
         from pcn.outputs.aggregate import read_images
 
-        return read_images(path)
-    return pd.read_csv(path)
+        import zipfile
+
+        try:
+            return read_images(path)
+        except (ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
+            from pcn.errors import PcnError
+
+            raise PcnError(f"--images {path}: not a readable images table ({type(err).__name__}: {err})") from None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        from pcn.errors import PcnError
+
+        raise PcnError(f"--{what.replace('_', '-')} {path}: not a readable CSV table ({str(err).splitlines()[0]})") from None
 
 
 #: figure name -> (function of the tables, tables it needs); every function also uses the
@@ -728,6 +690,7 @@ def _read(path: str | None, what: str, required: bool):
 FIGURES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "tradeoff": (lambda t: tradeoff(t["summary"]), ("summary",)),
     "ce_weight": (lambda t: ce_weight(t["summary"]), ("summary",)),
+    "inference_gain": (lambda t: inference_gain(t["summary"]), ("summary",)),
     "inference": (lambda t: inference(t["traces"], t.get("summary")), ("traces",)),
     "curves": (lambda t: curves(t["curves"], t.get("summary")), ("curves",)),
     "sensitivity": (lambda t: sensitivity(t["sensitivity"], t.get("summary")), ("sensitivity",)),

@@ -1,6 +1,6 @@
 """PC-vs-BP gradient alignment (spec 4): for the same weights and the same batch, the cosine
-between the PC weight update (``pcn.core.rules.pc_grads``: -dF/dtheta at the final latents of the
-label-nudged inference) and the BP gradient of the same objective (``pcn.core.rules.bp_grads``:
+between the PC weight update (``pcn.core.rules.pc_grads``: -(1 - w) dE/dtheta at the final latents
+of the inference nudged by beta = w / (1 - w)) and the BP gradient of the same objective (``pcn.core.rules.bp_grads``:
 d/dtheta [(1 - w) E(z^T) + w CE(z^T_L)] through the unrolled inference), per generative layer.
 
 Theory: at w = 0 and an inference run to a fixed point (dE/dz = 0), the envelope theorem gives
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from pcn.core.model import PCN
-from pcn.core.rules import bp_grads, pc_grads
+from pcn.fast.rules import bp_grads, pc_grads
 
 COLUMNS = ["source", "epoch", "w", "T", "layer", "metric", "value"]
 
@@ -55,8 +55,17 @@ def grad_alignment(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> l
     """Rows (layer, metric, value): per generative layer l the cosines cos_W, cos_b between the
     pc update and the bp gradient (both as descent directions' negatives, i.e. gradients), and
     norm_ratio_W = ||pc_W|| / ||bp_W||; layer "all" is the cosine over all W_l and b_l together.
-    ``cfg`` supplies ce_weight, T, eta, init and momentum of both rules."""
-    pc = rule_grads(pc_grads, model, x, y, cfg)
+    ``cfg`` supplies ce_weight, T, eta, init and momentum of both rules.
+
+    pc's update is -dE/dtheta at the latents nudged by beta = w / (1 - w); scaled by (1 - w) it
+    is the update of (1 - w) (E + beta CE) = (1 - w) E + w CE, bp's objective, so the norm ratio
+    compares like with like.  At w = 1 pc has no update: every value is nan."""
+    w = float(cfg["ce_weight"])
+    if w >= 1.0:
+        nan = float("nan")
+        return [dict(layer=str(l), metric=m, value=nan) for l in range(model.L)
+                for m in ("cos_W", "cos_b", "norm_ratio_W")] + [dict(layer="all", metric="cos", value=nan)]
+    pc = {k: (1.0 - w) * g for k, g in rule_grads(pc_grads, model, x, y, cfg).items()}
     bp = rule_grads(bp_grads, model, x, y, cfg)
     rows = []
     for l in range(model.L):

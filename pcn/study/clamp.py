@@ -26,7 +26,8 @@ import torch
 
 from pcn.core.energy import cross_entropy, errors, latent_grad
 from pcn.study.evaluate import eval_T
-from pcn.core.inference import infer, init_latents
+from pcn.core.inference import init_latents
+from pcn.fast.dispatch import infer
 from pcn.core.model import N_CLASSES, PCN
 
 COLUMNS = ["mode", "label", "metric", "value"]

@@ -6,7 +6,10 @@ nothing else in the package repeats them.  Errors name the offending key.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
+import math
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -14,10 +17,12 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
+from pcn.errors import UsageError
+
 SCHEMA_PATH = Path(__file__).parents[1] / "train_schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A configuration key is unknown, of the wrong type, or out of range."""
 
 
@@ -32,14 +37,37 @@ def defaults() -> dict:
     return {k: copy.deepcopy(v["default"]) for k, v in schema()["properties"].items()}
 
 
+# A number as YAML 1.2 writes it.  PyYAML (YAML 1.1) reads ``1e-3`` (no dot) as text; our
+# loader and the key coercion below read it as the float it is.
+_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$")
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads ``1e-3`` / ``1E5`` as floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that reads ``1e-3`` as a float (YAML 1.2's rule)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line saying where a YAML text is broken and how."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{where}{problem}"
+
+
 def parse_value(text: str) -> Any:
     """Parse a ``--set`` value as YAML (so ``1e-3`` -> 0.001, ``[1, 2]`` -> list, ``null`` -> None)."""
-    # YAML 1.1 reads '1e-3' as a string; accept plain floats first.
-    try:
-        return float(text) if any(c in text for c in ".eE") and not text.startswith("[") else int(text)
-    except ValueError:
-        pass
-    return yaml.safe_load(text)
+    return yaml_load(text)
 
 
 def from_text(value: Any) -> Any:
@@ -61,51 +89,153 @@ def parse_overrides(items: Iterable[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = parse_value(value.strip())
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set expects key=value, got {item!r} (no key)")
+        try:
+            out[key] = parse_value(value.strip())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: {value.strip()!r} is not a valid YAML value ({_yaml_problem(e)})") from None
+    return out
+
+
+def _types(key: str) -> set:
+    t = schema()["properties"].get(key, {}).get("type", [])
+    return set([t] if isinstance(t, str) else t)
+
+
+def _coerce_number(value: Any, integer: bool) -> Any:
+    """``"1e-3"`` -> 0.001 (text that is a number); for integer keys ``3.0`` -> 3.  Anything
+    else is returned unchanged for the schema to judge."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        value = float(value.strip().replace("_", ""))
+    if integer and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+def coerce(cfg: dict) -> dict:
+    """Numbers written as text (``1e-3``) become floats, integral floats of integer keys
+    (``epochs: 3.0``, a layer size ``32.0``) become ints.  Returns a new dict."""
+    out = dict(cfg)
+    for key, value in cfg.items():
+        types = _types(key)
+        if types & {"number", "integer"}:
+            out[key] = _coerce_number(value, "integer" in types and "number" not in types)
+        elif "array" in types and isinstance(value, list):
+            item_type = schema()["properties"][key].get("items", {}).get("type")
+            if item_type in ("number", "integer"):
+                out[key] = [_coerce_number(v, item_type == "integer") for v in value]
     return out
 
 
 def _describe(err: jsonschema.ValidationError) -> str:
     if err.validator == "additionalProperties":
-        allowed = ", ".join(sorted(schema()["properties"]))
-        extra = sorted(set(err.instance) - set(schema()["properties"]))
-        return f"unknown config key(s) {extra}; allowed keys: {allowed}"
+        allowed = sorted(schema()["properties"])
+        parts = []
+        for key in sorted(set(err.instance) - set(allowed), key=str):
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            parts.append(f"unknown config key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return "; ".join(parts) + f"; allowed keys: {', '.join(allowed)}"
     key = ".".join(str(p) for p in err.absolute_path) or "<root>"
     return f"config key '{key}': {err.message}"
 
 
-def validate(cfg: dict) -> dict:
-    """Check a full config against the schema plus cross-key rules; return it."""
-    errors = sorted(jsonschema.Draft7Validator(schema()).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+def _non_finite(value: Any, key: str) -> list[str]:
+    if isinstance(value, float) and not math.isfinite(value):
+        return [key]
+    if isinstance(value, list):
+        return [k for i, v in enumerate(value) for k in _non_finite(v, f"{key}[{i}]")]
+    return []
+
+
+def input_size(dataset: str) -> int:
+    """Pixels per image of ``dataset`` (the schema's dataset.input_size)."""
+    return schema()["properties"]["dataset"]["input_size"][dataset]
+
+
+def validate(cfg: dict, for_run: bool = False) -> dict:
+    """Check a full config against the schema plus cross-key rules; return it.  With
+    ``for_run`` (a config that will read its dataset), ``layers[0]`` must also be the dataset's
+    input size; without it the layer sizes are free (synthetic models: tests, benchmarks)."""
+    errors = sorted(jsonschema.Draft7Validator(schema()).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         raise ConfigError("; ".join(_describe(e) for e in errors))
+    bad = [k for key, v in cfg.items() for k in _non_finite(v, key)]
+    if bad:
+        raise ConfigError("; ".join(f"config key '{k}': must be a finite number (nan and inf are not allowed)"
+                                    for k in bad))
     if cfg["model"] == "pcn" and len(cfg["layers"]) < 2:
         raise ConfigError("config key 'layers': a pcn needs at least 2 layer sizes")
+    size = input_size(cfg["dataset"])
+    if for_run and cfg["layers"][0] != size:
+        raise ConfigError(f"config key 'layers': the first size {cfg['layers'][0]} must equal the input size of "
+                          f"dataset {cfg['dataset']} ({size} pixels), e.g. layers: [{size}, 256, 32]")
+    reason = undefined_point(cfg)
+    if reason:
+        raise ConfigError(reason)
     return cfg
 
 
-def resolve(base: dict | None = None, overrides: dict | None = None) -> dict:
-    """Defaults <- ``base`` <- ``overrides``, validated.  ``ae`` and ``cre`` runs record rule ``bp``."""
+def undefined_point(cfg: dict) -> str | None:
+    """Why a combination of keys defines no run (None if it does).  The study grid leaves such
+    points out; a single run with one is refused.
+
+    ``pc`` at w = 1: its nudged inference weighs CE by beta = w / (1 - w), infinite at w = 1,
+    and the local update has no energy term left to follow (docs/methods.md)."""
+    if cfg.get("model", "pcn") == "pcn" and cfg.get("rule") == "pc" and cfg.get("ce_weight", 0) >= 1:
+        return ("config key 'ce_weight': rule 'pc' needs ce_weight < 1 (its label nudge beta = w / (1 - w) "
+                "is infinite at w = 1 and leaves no local update); use bp for w = 1")
+    return None
+
+
+def resolve(base: dict | None = None, overrides: dict | None = None, for_run: bool = False) -> dict:
+    """Defaults <- ``base`` <- ``overrides``, validated (``for_run``: also against the
+    dataset's input size, see ``validate``).  ``ae`` and ``cre`` runs record rule ``bp``."""
     cfg = defaults()
     for source in (base or {}), (overrides or {}):
         if not isinstance(source, dict):
             raise ConfigError(f"a config must be a mapping of keys to values, got {type(source).__name__}")
         cfg.update(copy.deepcopy(source))
-    validate(cfg)
-    if cfg["model"] in ("ae", "cre"):
+    cfg = coerce(cfg)
+    validate(cfg, for_run)
+    if cfg["model"] in ("ae", "cre"):   # ae and cre runs ignore rule and init: one canonical value each
         cfg["rule"] = "bp"
+        cfg["init"] = defaults()["init"]
     return cfg
+
+
+def read_file(path: str | Path) -> dict:
+    """The mapping in a YAML/JSON config file; every problem is a ConfigError naming the file."""
+    p = Path(path)
+    if str(path) == "":
+        raise ConfigError("--config: empty file name")
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder, not a file")
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not a text file (YAML or JSON expected)") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
+    try:
+        base = yaml_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {_yaml_problem(e)}") from None
+    if base is None:
+        return {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys to values, "
+                          f"not a {type(base).__name__}")
+    return base
 
 
 def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
     """Read a YAML/JSON config file (optional), apply ``key=value`` overrides, validate."""
-    base: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} does not exist")
-        base = yaml.safe_load(p.read_text()) or {}
-    return resolve(base, parse_overrides(overrides))
+    base = read_file(path) if path is not None else {}
+    return resolve(base, parse_overrides(overrides), for_run=True)
 
 
 def dumps(cfg: dict) -> str:

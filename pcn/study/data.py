@@ -10,12 +10,16 @@ PCN_DATA_DIR, else a torchvision download into ``data_root``.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from pcn.errors import PcnError
 
 VAL_SEED = 12345
 TORCHVISION_CLASS = {"mnist": "MNIST", "fashionmnist": "FashionMNIST"}
@@ -24,9 +28,19 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 N_IMAGES = {"train": 60000, "test": 10000}
+IMAGE_SHAPE = (28, 28)
+#: Images per class (0..9) of each split: these differ between MNIST and FashionMNIST, so a
+#: folder of one dataset is never read as the other.
+LABEL_COUNTS = {
+    "mnist": {"train": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+              "test": (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)},
+    "fashionmnist": {"train": (6000,) * 10, "test": (1000,) * 10},
+}
+#: Names of the four files in the data identity a run records (config.json, final.json).
+FILE_KEYS = {"train": ("train_images", "train_labels"), "test": ("test_images", "test_labels")}
 
 
-class DataError(RuntimeError):
+class DataError(PcnError, RuntimeError):
     """A dataset file is missing or corrupt."""
 
 
@@ -34,6 +48,7 @@ class DataError(RuntimeError):
 class Split:
     x: torch.Tensor  # (n, 784) float32 in [-1, 1]
     y: torch.Tensor  # (n,) int64
+    files: dict = field(default_factory=dict)  # {train_images: {path, sha256}, ...} of the files read
 
     def __len__(self) -> int:
         return len(self.y)
@@ -44,6 +59,7 @@ class Dataset:
     train: Split
     val: Split
     test: Split
+    files: dict = field(default_factory=dict)  # the four files read: {train_images: {path, sha256}, ...}
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -63,15 +79,18 @@ def raw_dir_of(folder: Path, dataset: str) -> Path:
     return folder
 
 
-def read_idx(path: Path, expect_ndim: int, expect_n: int) -> np.ndarray:
-    """Parse an IDX file (gzipped or not): magic 0x0000 08 <ndim>, big-endian sizes, uint8 data."""
+def read_idx(path: Path, expect_ndim: int, expect_n: int, digest: dict | None = None) -> np.ndarray:
+    """Parse an IDX file (gzipped or not): magic 0x0000 08 <ndim>, big-endian sizes, uint8 data.
+    With ``digest`` (a dict), store the file's path and SHA-256 in it."""
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as fh:
-            raw = fh.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read {path}: {e}. Replace the file with an intact copy "
-                        f"(torchvision's raw IDX file, gzipped or not).") from e
+        blob = path.read_bytes()
+        raw = gzip.decompress(blob) if path.suffix == ".gz" else blob
+    except (OSError, EOFError, zlib.error) as e:
+        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise DataError(f"cannot read {path}: {why}. Replace the file with an intact copy "
+                        f"(torchvision's raw IDX file, gzipped or not).") from None
+    if digest is not None:
+        digest.update(path=str(path.resolve()), sha256=hashlib.sha256(blob).hexdigest())
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != expect_ndim:
         raise DataError(f"{path} is not a uint8 IDX file with {expect_ndim} dimension(s) "
                         f"(bad header). Replace it with torchvision's raw file.")
@@ -112,8 +131,14 @@ def locate(dataset: str, data_dir: str | None, data_root: str = "data") -> Path:
     return _download(dataset, Path(data_root))
 
 
-def read_split(folder: Path, split: str) -> Split:
-    """Read one split's images and labels; errors name the missing or corrupt file."""
+def _which(counts: tuple, split: str) -> str:
+    names = [d for d, c in LABEL_COUNTS.items() if c[split] == counts]
+    return f"they are those of {names[0]}" if names else "they match no known dataset"
+
+
+def read_split(folder: Path, split: str, dataset: str | None = None) -> Split:
+    """Read one split's images and labels; errors name the missing or corrupt file.  With
+    ``dataset``, the image size and the images per class must be that dataset's."""
     img_stem, lab_stem = FILES[split]
     paths = []
     for stem in (img_stem, lab_stem):
@@ -122,18 +147,31 @@ def read_split(folder: Path, split: str) -> Split:
             raise DataError(f"missing file {folder / (stem + '.gz')} (or without .gz). Put torchvision's "
                             f"raw IDX files there, or point data_dir / PCN_DATA_DIR at a folder that has them.")
         paths.append(p)
-    images = read_idx(paths[0], 3, N_IMAGES[split])
-    labels = read_idx(paths[1], 1, N_IMAGES[split])
+    digests = ({}, {})
+    images = read_idx(paths[0], 3, N_IMAGES[split], digests[0])
+    labels = read_idx(paths[1], 1, N_IMAGES[split], digests[1])
+    if tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise DataError(f"{paths[0]} holds images of {images.shape[1]}x{images.shape[2]} pixels, "
+                        f"not {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}")
     if labels.max() > 9:
         raise DataError(f"{paths[1]} holds labels outside 0..9")
+    if dataset is not None:
+        counts = tuple(int(c) for c in np.bincount(labels, minlength=10))
+        if counts != LABEL_COUNTS[dataset][split]:
+            raise DataError(f"{paths[1]} is not {dataset}'s {split} labels: the images per class are "
+                            f"{list(counts)}, {_which(counts, split)}, not {list(LABEL_COUNTS[dataset][split])}. "
+                            f"Point data_dir at the {dataset} files (one folder per dataset, e.g. "
+                            f"data_dir: .../{{dataset}}).")
     x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32)) * (2.0 / 255.0) - 1.0
-    return Split(x, torch.from_numpy(labels.astype(np.int64)))
+    return Split(x, torch.from_numpy(labels.astype(np.int64)), dict(zip(FILE_KEYS[split], digests)))
 
 
 def load(cfg: dict) -> Dataset:
     """Train/val/test splits for a run config (dataset, data_dir, data_root, val_size, subsets)."""
-    folder = locate(cfg["dataset"], cfg.get("data_dir"), cfg.get("data_root", "data"))
-    full, test = read_split(folder, "train"), read_split(folder, "test")
+    dataset = cfg.get("dataset", "mnist")
+    folder = locate(dataset, cfg.get("data_dir"), cfg.get("data_root", "data"))
+    full, test = read_split(folder, "train", dataset), read_split(folder, "test", dataset)
+    files = {**full.files, **test.files}
     n_val = cfg.get("val_size", 5000)
     if n_val >= len(full):
         raise DataError(f"config key 'val_size': {n_val} leaves no training images (of {len(full)})")
@@ -143,4 +181,4 @@ def load(cfg: dict) -> Dataset:
         tr = tr[: cfg["train_subset"]]
     if cfg.get("test_subset"):
         test = Split(test.x[: cfg["test_subset"]], test.y[: cfg["test_subset"]])
-    return Dataset(Split(full.x[tr], full.y[tr]), Split(full.x[va], full.y[va]), test)
+    return Dataset(Split(full.x[tr], full.y[tr]), Split(full.x[va], full.y[va]), test, files)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from pcn.core.ae import AE
 from pcn.core.energy import layer_energies
-from pcn.core.inference import infer, init_latents
+from pcn.core.inference import init_latents
+from pcn.fast.dispatch import infer
 from pcn.core.model import PCN
 
 

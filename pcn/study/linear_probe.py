@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from pcn.study.evaluate import eval_T
-from pcn.core.inference import infer, init_latents
+from pcn.core.inference import init_latents
+from pcn.fast.dispatch import infer
 from pcn.core.model import N_CLASSES, PCN
 
 COLUMNS = ["step", "layer", "metric", "value"]

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from pcn.study import data
-from pcn.core.inference import infer, init_latents
+from pcn.core.inference import init_latents
+from pcn.fast.dispatch import infer
 from pcn.core.model import PCN
 
 TRACE_COLUMNS = ["step", "layer", "metric", "value"]
@@ -254,7 +255,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the first --n-images test digits with their reconstruction and generation (x, recon, gen, y)")
     p.add_argument("--n-images", type=int, default=N_IMAGES, metavar="N", help=f"test digits in --images (default {N_IMAGES})")
     p.add_argument("--data-dir", metavar="DIR", help="override the run's data_dir (folder with the raw IDX files)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto (cuda when torch sees a GPU, else cpu), cpu, cuda or mps (Apple silicon); default auto")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads")
 
 
@@ -281,7 +283,11 @@ def _alignment(args: argparse.Namespace, model: torch.nn.Module, cfg: dict, ds: 
     if not isinstance(model, PCN):
         return pd.DataFrame(columns=alignment.COLUMNS)
     dev = next(model.parameters()).device
-    final = json.loads((Path(args.run) / "final.json").read_text()) if (Path(args.run) / "final.json").exists() else {}
+    try:
+        final = json.loads((Path(args.run) / "final.json").read_text())
+    except (OSError, ValueError):  # missing or damaged: the epoch of the final weights is then unknown
+        final = {}
+    final = final if isinstance(final, dict) else {}
     sources = [("init", 0, build_model(cfg).to(dev)), ("final", final.get("epochs_done"), model)]
     for path in args.checkpoints:
         m, _, epoch = load_weights(path, str(dev))
@@ -302,13 +308,17 @@ def run(args: argparse.Namespace) -> int:
     if not any(getattr(args, k, None) for k in outputs):
         log("nothing to write: give --out, --sensitivity, --linear-probes, --alignment, --clamp and/or --images")
         return 2
+    if args.threads is not None and args.threads < 1:
+        log(f"--threads {args.threads}: must be 1 or more")
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        model, cfg, ds = load_run(args.run, str(pick_device(args.device)), args.data_dir)
-    except (data.DataError, FileNotFoundError, RuntimeError) as e:
-        log(str(e))
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        log(f"--run {run_dir}: {'is a file, not' if run_dir.exists() else 'no such'} run folder")
         return 1
+    # Errors of the run's files (a damaged model.pt, missing data) are one line (pcn.cli.main).
+    model, cfg, ds = load_run(run_dir, str(pick_device(args.device)), args.data_dir)
     dev = next(model.parameters()).device
     x, y = ds.test.x[:args.n_test].to(dev), ds.test.y[:args.n_test].to(dev)
     T_probe = args.steps or default_probe_steps(cfg["T"])

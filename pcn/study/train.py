@@ -1,10 +1,15 @@
 """Training of one run: any (dataset, model, rule, w, seed, hyper-parameters).
 
-Writes to ``out``: config.json (resolved config), metrics.csv (one row per epoch),
-final.json (config + final metrics), model.pt (loads back with ``load_model``).
-Checkpoints every epoch to ``ckpt_dir/ckpt.pt`` (atomically); started again, a run resumes
-from it and ends bitwise equal to an uninterrupted run on CPU.  A non-finite loss stops the
-run cleanly: the outputs are written with diverged = true and where it happened.
+Writes to ``out``: config.json (resolved config + code version + data files read),
+metrics.csv (one row per epoch), alignment.csv, final.json (config + final metrics), model.pt
+(loads back with ``load_model``).  Checkpoints every epoch to ``ckpt_dir/ckpt.pt`` (atomically,
+with a SHA-256; the one before is kept as ``ckpt.pt.prev``); started again, a run resumes from
+the newest intact checkpoint and ends bitwise equal to an uninterrupted run on CPU, and every
+output is written again.  A damaged checkpoint is moved aside (``ckpt.pt.<reason>``) with a
+warning.  A run folder or checkpoint of another config is refused before anything is written
+(or, with ``restart_if_changed``, its checkpoint is moved aside and the run starts afresh).
+A non-finite loss stops the run cleanly: the outputs are written with diverged = true and
+where it happened.
 """
 from __future__ import annotations
 
@@ -19,14 +24,15 @@ from typing import Callable
 
 import torch
 
+from pcn.core.ae import ae_grads
+from pcn.core.model import PCN
+from pcn.errors import PcnError, UsageError
 from pcn.study import config as config_mod
-from pcn.study import data
-from pcn.core.ae import AE, ae_grads
+from pcn.study import data, provenance, store
 from pcn.study.alignment import grad_alignment
 from pcn.study.evaluate import evaluate
 from pcn.study.store import atomic_save, build_model, write_text
-from pcn.core.model import PCN
-from pcn.core.rules import RULES
+from pcn.fast.rules import rule
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_energy", "train_ce", "train_acc", "val_acc", "test_acc",
                   "recon_mse", "gen_mse", "energy", "seconds", "diverged"]
@@ -34,6 +40,15 @@ ALIGN_COLUMNS = ["epoch", "layer", "metric", "value"]
 ALIGN_BATCH = 128  # the first 128 training images: the fixed batch of the alignment log
 # Keys that say where data lives, not what is computed: they may change on resume.
 LOCATION_KEYS = ("data_dir", "data_root")
+# Keys of config.json / final.json that record what a run was computed with (code version,
+# data files read), not what it computes: ignored when a run folder or checkpoint is matched.
+PROVENANCE_KEYS = provenance.CODE_KEYS + ("data_files",)
+IGNORED_KEYS = LOCATION_KEYS + PROVENANCE_KEYS
+OUTPUT_FILES = ("config.json", "metrics.csv", "alignment.csv", "final.json", "model.pt")
+
+
+class RefusedError(UsageError):
+    """The run folder or checkpoint belongs to a run with another config."""
 
 
 def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
@@ -53,14 +68,26 @@ def build_scheduler(cfg: dict, opt: torch.optim.Optimizer, n_batches: int):
 
 
 def grads_fn(cfg: dict) -> Callable:
-    return ae_grads if cfg["model"] in ("ae", "cre") else RULES[cfg["rule"]]
+    return ae_grads if cfg["model"] in ("ae", "cre") else rule(cfg["rule"])
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
 
 
 def pick_device(name: str) -> torch.device:
+    """auto (cuda, else cpu), cpu, cuda or mps (Apple silicon); an unavailable one is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        raise PcnError("--device cuda was asked for, but torch sees no CUDA device "
+                       "(use --device cpu, or auto to take CUDA when there is one)")
+    if name == "mps" and not _mps_available():
+        raise PcnError("--device mps was asked for, but torch has no MPS backend here (MPS needs "
+                       "Apple silicon and macOS 12.3+; use --device cpu)")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name!r}: choose auto, cpu, cuda or mps")
     return torch.device(name)
 
 
@@ -71,11 +98,12 @@ def _clean(v):
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=columns)
-        wr.writeheader()
-        wr.writerows(rows)
-    os.replace(tmp, path)
+    with store.naming(path):
+        with open(tmp, "w", newline="") as fh:
+            wr = csv.DictWriter(fh, fieldnames=columns)
+            wr.writeheader()
+            wr.writerows(rows)
+        os.replace(tmp, path)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -84,17 +112,76 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def _load_checkpoint(path: Path, cfg: dict) -> dict | None:
-    if not path.exists():
+def _differing(old: dict, new: dict) -> list[str]:
+    old = {k: v for k, v in old.items() if k not in IGNORED_KEYS}
+    new = {k: v for k, v in new.items() if k not in IGNORED_KEYS}
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _refusal(what: str, path: Path, diff: list[str], old: dict, new: dict, out: Path, ckpt_path: Path) -> str:
+    shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6]) + (" ..." if len(diff) > 6 else "")
+    return (f"{what} {path} belongs to a run with another config ({shown}); nothing was written. "
+            f"To start afresh keep the old run and use another --out/--ckpt-dir, or pass --restart-if-changed "
+            f"(the old checkpoint is kept as {ckpt_path.name}.stale and this run's outputs in {out} are replaced)")
+
+
+def _check_folder(path: Path, option: str) -> None:
+    """``path`` is (or can become) a writable folder; raises naming the option otherwise."""
+    if str(path) == "":
+        raise UsageError(f"{option}: empty path (give a folder)")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError(f"{option} {path}: {probe} is a file, not a folder")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise PcnError(f"{option} {path}: {probe} is not writable (read-only file system or no permission)")
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``, or None when it is missing or damaged."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    old = {k: v for k, v in ck["config"].items() if k not in LOCATION_KEYS}
-    new = {k: v for k, v in cfg.items() if k not in LOCATION_KEYS}
-    if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise RuntimeError(f"checkpoint {path} belongs to a run with another config (keys {diff} differ); "
-                           f"delete it or use another --ckpt-dir")
-    return ck
+    return value if isinstance(value, dict) else None
+
+
+def _scan_checkpoints(ckpt_path: Path, cfg: dict) -> tuple[list[tuple[Path, str]], dict | None, list]:
+    """Look at ckpt.pt and ckpt.pt.prev without changing anything: (damaged files with their
+    reason, the newest intact checkpoint of this config or None, intact ones of another config
+    as (path, checkpoint, differing keys))."""
+    damaged, foreign_cfg = [], []
+    for path in (ckpt_path, store.previous_of(ckpt_path)):
+        if not path.exists():
+            continue
+        try:
+            ck = store.read_checkpoint(path)
+        except store.DamagedFile as e:
+            damaged.append((path, e.reason, str(e)))
+            continue
+        diff = _differing(ck["config"], cfg)
+        if diff:
+            foreign_cfg.append((path, ck, diff))
+            continue
+        return damaged, ck | {"_path": path}, foreign_cfg
+    return damaged, None, foreign_cfg
+
+
+def _restore(ck: dict, model, opt, sched) -> bool:
+    """Load a checkpoint's states; False (states left unusable) when they do not fit."""
+    try:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        int(ck["epoch"]), list(ck["rows"]), list(ck["align"]), float(ck["elapsed"])
+    except Exception:  # noqa: BLE001 - a checkpoint of other code or shapes
+        return False
+    return True
 
 
 def _alignment_rows(model, ds: data.Dataset, cfg: dict, epoch: int, dev: torch.device) -> list[dict]:
@@ -129,34 +216,78 @@ def _fail_once_after(epoch: int, out: Path) -> None:
 
 
 def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device: str = "auto",
-          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
-    """Train one run to completion (or divergence); return the final metrics dict."""
-    cfg = config_mod.resolve(cfg)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = Path(ckpt_dir or out) / "ckpt.pt"
-    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device)
-    write_text(out / "config.json", config_mod.dumps(cfg))
+          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+          restart_if_changed: bool = False, on_start: Callable[[torch.device], None] | None = None) -> dict:
+    """Train one run to completion (or divergence); return the final metrics dict.
 
+    Everything that can refuse the run (config, paths, data, a run folder or checkpoint of
+    another config) is checked before the first file is written."""
+    cfg = config_mod.resolve(cfg, for_run=True)
+    if str(out) == "":
+        raise UsageError("--out: empty path (give the run's output folder)")
+    if ckpt_dir is not None and str(ckpt_dir) == "":
+        raise UsageError("--ckpt-dir: empty path (leave it out to checkpoint into --out)")
+    out = Path(out)
+    ckpt_path = Path(ckpt_dir or out) / "ckpt.pt"
+    _check_folder(out, "--out")
+    _check_folder(ckpt_path.parent, "--ckpt-dir" if ckpt_dir else "--out")
+    dev = pick_device(device)
     ds = data.load(cfg)
+
+    # A run folder or checkpoint of another config: refuse, or (restart_if_changed) set it aside.
+    old_cfg = _read_json(out / "config.json")
+    out_diff = _differing(old_cfg, cfg) if old_cfg is not None else []
+    damaged, ck, other = _scan_checkpoints(ckpt_path, cfg)
+    if not restart_if_changed:
+        if out_diff:
+            raise RefusedError(_refusal("run folder", out, out_diff, old_cfg, cfg, out, ckpt_path))
+        if other and ck is None:
+            path, old_ck, diff = other[0]
+            raise RefusedError(_refusal("checkpoint", path, diff, old_ck["config"], cfg, out, ckpt_path))
+
+    if on_start is not None:
+        on_start(dev)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    for path, reason, why in damaged:
+        kept = store.move_aside(path, reason)
+        log(f"WARNING: {why}; moved it aside to {kept}")
+    for path, _, diff in other:
+        kept = store.move_aside(path, "stale")
+        log(f"WARNING: checkpoint {path} belongs to another config (keys {diff} differ); "
+            f"kept it as {kept} and starting afresh")
+    if out_diff:
+        log(f"WARNING: run folder {out} held a run with another config (keys {out_diff} differ); replacing its outputs")
+        for name in OUTPUT_FILES:
+            (out / name).unlink(missing_ok=True)
+    prov = {**provenance.code_version(), "data_files": ds.files}
+    write_text(out / "config.json", config_mod.dumps({**cfg, **prov}))
+
     train_x, train_y = ds.train.x.to(dev), ds.train.y.to(dev)
     n_eval = min(cfg["eval_train_size"], len(ds.train))
-    model = build_model(cfg).to(dev)
-    opt = build_optimizer(cfg, model.parameters())
     B, n = cfg["batch_size"], len(train_y)
     n_batches = math.ceil(n / B)
-    sched = build_scheduler(cfg, opt, n_batches)
+
+    def fresh():
+        m = build_model(cfg).to(dev)
+        o = build_optimizer(cfg, m.parameters())
+        return m, o, build_scheduler(cfg, o, n_batches)
+
+    model, opt, sched = fresh()
     rows: list[dict] = []
     align = _alignment_rows(model, ds, cfg, 0, dev)
     start_epoch, elapsed = 1, 0.0
-    ck = _load_checkpoint(ckpt_path, cfg)
     if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        rows, align, start_epoch, elapsed = ck["rows"], ck["align"], ck["epoch"] + 1, ck["elapsed"]
-        log(f"resuming from {ckpt_path} after epoch {ck['epoch']}")
+        if _restore(ck, model, opt, sched):
+            rows, align, start_epoch, elapsed = list(ck["rows"]), list(ck["align"]), ck["epoch"] + 1, ck["elapsed"]
+            log(f"resuming from {ck['_path']} after epoch {ck['epoch']}")
+        else:
+            kept = store.move_aside(ck["_path"], "incompatible")
+            log(f"WARNING: checkpoint {ck['_path']} does not fit this model; moved it aside to {kept}, "
+                f"starting from scratch")
+            model, opt, sched = fresh()
+    elif damaged:
+        log("WARNING: no intact checkpoint left; starting from scratch")
 
     step = grads_fn(cfg)
     diverged_at: tuple[int, int] | None = None
@@ -195,13 +326,17 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
         if diverged_at:
             log(f"epoch {epoch}: DIVERGED at batch {diverged_at[1]} (non-finite loss); stopping")
             break
-        atomic_save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                      "rows": rows, "align": align, "config": cfg, "elapsed": elapsed}, ckpt_path)
+        store.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+                               "sched": sched.state_dict(), "rows": rows, "align": align, "config": cfg,
+                               "elapsed": elapsed}, ckpt_path)
         _fail_once_after(epoch, out)
         log(f"epoch {epoch}/{cfg['epochs']} loss {row['train_loss']:.4f} test_acc {te['acc']:.4f} "
             f"val_acc {va['acc']:.4f} recon_mse {te['recon_mse']:.4f} gen_mse {te['gen_mse']:.4f} "
             f"({seconds:.1f}s)")
 
+    # Every output again, also when the checkpoint was already finished (a forced re-run).
+    _write_csv(out / "metrics.csv", rows, METRIC_COLUMNS)
+    _write_csv(out / "alignment.csv", align, ALIGN_COLUMNS)
     last = rows[-1] if rows else {}
     final = dict(cfg)
     final.update({k: _clean(last.get(k, float("nan"))) for k in
@@ -210,6 +345,7 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
                   "diverged": diverged_at is not None,
                   "diverged_epoch": diverged_at[0] if diverged_at else None,
                   "diverged_batch": diverged_at[1] if diverged_at else None})
+    final.update(prov)
     atomic_save({"config": cfg, "state": {k: v.cpu() for k, v in model.state_dict().items()}}, out / "model.pt")
     write_text(out / "final.json", json.dumps(final, indent=2))
     return final

@@ -1,10 +1,14 @@
-# Tidy result tables, from which every figure is redrawn without retraining.
+# Tidy result tables, from which every figure is redrawn without retraining.  The summary
+# is CSV; the long tables (one row per run x epoch / step / layer / metric) are written as
+# CSV and as Parquet (typed columns, lists kept as lists; docs/results-tables.md).
 
 
 rule aggregate:
     input:
         finals=[f"{r}/final.json" for r in RUNS],
         metrics=[f"{r}/metrics.csv" for r in RUNS],
+        # the summary's step-0 / T / 10 T columns come from the probe traces
+        traces=[f"{r}/trace.csv" for r in PCN_RUNS],
     output:
         summary=report(
             "results/summary.csv",
@@ -12,14 +16,18 @@ rule aggregate:
             category="Tables",
         ),
         curves="results/curves.csv",
-    params:
-        runs=RUNS,
+        curves_parquet="results/curves.parquet",
     log:
         "results/logs/aggregate.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.aggregate"),
+        runs=RUNS,
     shell:
-        "pcn aggregate --runs {params.runs:q} --out {output.summary:q}"
-        " --curves-out {output.curves:q} > {log:q} 2>&1"
+        "python -m pcn aggregate --runs {params.runs:q} --out {output.summary:q}"
+        " --curves-out {output.curves:q} --parquet > {log:q} 2>&1"
 
 
 rule aggregate_traces:
@@ -27,14 +35,19 @@ rule aggregate_traces:
         finals=[f"{r}/final.json" for r in PCN_RUNS],
         traces=[f"{r}/trace.csv" for r in PCN_RUNS],
     output:
-        "results/traces.csv",
-    params:
-        runs=PCN_RUNS,
+        csv="results/traces.csv",
+        parquet="results/traces.parquet",
     log:
         "results/logs/aggregate_traces.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.aggregate"),
+        runs=PCN_RUNS,
     shell:
-        "pcn aggregate --runs {params.runs:q} --traces-out {output:q} > {log:q} 2>&1"
+        "python -m pcn aggregate --runs {params.runs:q} --traces-out {output.csv:q} --parquet"
+        " > {log:q} 2>&1"
 
 
 rule aggregate_sensitivity:
@@ -42,14 +55,19 @@ rule aggregate_sensitivity:
         finals=[f"{r}/final.json" for r in PCN_RUNS],
         tables=[f"{r}/sensitivity.csv" for r in PCN_RUNS],
     output:
-        "results/sensitivity.csv",
-    params:
-        runs=PCN_RUNS,
+        csv="results/sensitivity.csv",
+        parquet="results/sensitivity.parquet",
     log:
         "results/logs/aggregate_sensitivity.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.aggregate"),
+        runs=PCN_RUNS,
     shell:
-        "pcn aggregate --runs {params.runs:q} --sensitivity-out {output:q} > {log:q} 2>&1"
+        "python -m pcn aggregate --runs {params.runs:q} --sensitivity-out {output.csv:q} --parquet"
+        " > {log:q} 2>&1"
 
 
 rule aggregate_linear_probes:
@@ -57,14 +75,19 @@ rule aggregate_linear_probes:
         finals=[f"{r}/final.json" for r in RUNS],
         tables=[f"{r}/linear_probes.csv" for r in RUNS],
     output:
-        "results/linear_probes.csv",
-    params:
-        runs=RUNS,
+        csv="results/linear_probes.csv",
+        parquet="results/linear_probes.parquet",
     log:
         "results/logs/aggregate_linear_probes.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.aggregate"),
+        runs=RUNS,
     shell:
-        "pcn aggregate --runs {params.runs:q} --linear-probes-out {output:q} > {log:q} 2>&1"
+        "python -m pcn aggregate --runs {params.runs:q} --linear-probes-out {output.csv:q} --parquet"
+        " > {log:q} 2>&1"
 
 
 rule aggregate_alignment:
@@ -72,14 +95,19 @@ rule aggregate_alignment:
         finals=[f"{r}/final.json" for r in PCN_RUNS],
         tables=[f"{r}/alignment.csv" for r in PCN_RUNS],
     output:
-        "results/alignment.csv",
-    params:
-        runs=PCN_RUNS,
+        csv="results/alignment.csv",
+        parquet="results/alignment.parquet",
     log:
         "results/logs/aggregate_alignment.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.aggregate"),
+        runs=PCN_RUNS,
     shell:
-        "pcn aggregate --runs {params.runs:q} --alignment-out {output:q} > {log:q} 2>&1"
+        "python -m pcn aggregate --runs {params.runs:q} --alignment-out {output.csv:q} --parquet"
+        " > {log:q} 2>&1"
 
 
 rule aggregate_clamp:
@@ -87,29 +115,41 @@ rule aggregate_clamp:
         finals=[f"{r}/final.json" for r in CLAMP_RUNS],
         tables=[f"{r}/clamp/clamp.csv" for r in CLAMP_RUNS],
     output:
-        "results/clamp.csv",
-    params:
-        runs=CLAMP_RUNS,
+        csv="results/clamp.csv",
+        parquet="results/clamp.parquet",
     log:
         "results/logs/aggregate_clamp.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.aggregate"),
+        runs=CLAMP_RUNS,
     shell:
-        "pcn aggregate --runs {params.runs:q} --clamp-out {output:q} > {log:q} 2>&1"
+        "python -m pcn aggregate --runs {params.runs:q} --clamp-out {output.csv:q} --parquet"
+        " > {log:q} 2>&1"
 
 
 rule aggregate_images:
     input:
         finals=[f"{r}/final.json" for r in RUNS],
         images=[f"{r}/images.npz" for r in RUNS],
-        clamp=[f"{r}/clamp/{f}" for r in CLAMP_RUNS for f in ("generated.npy", "clamp_images.npz")],
+        clamp=[
+            f"{r}/clamp/{f}"
+            for r in CLAMP_RUNS
+            for f in ("generated.npy", "clamp_images.npz")
+        ],
     output:
         "results/images.npz",
-    params:
-        runs=RUNS,
-        clamp_runs=CLAMP_RUNS,
     log:
         "results/logs/aggregate_images.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.aggregate"),
+        runs=RUNS,
+        clamp_runs=CLAMP_RUNS,
     shell:
-        "pcn aggregate --runs {params.runs:q} --clamp-runs {params.clamp_runs:q}"
+        "python -m pcn aggregate --runs {params.runs:q} --clamp-runs {params.clamp_runs:q}"
         " --images-out {output:q} > {log:q} 2>&1"

@@ -6,10 +6,13 @@
 rule data:
     output:
         "results/data/{dataset}.done",
-    params:
-        args=data_args,
     log:
         "results/logs/data/{dataset}.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.study.data"),
+        args=data_args,
     shell:
-        "pcn data --dataset {wildcards.dataset} {params.args} --out {output} > {log} 2>&1"
+        "python -m pcn data --dataset {wildcards.dataset} {params.args} --out {output} > {log} 2>&1"

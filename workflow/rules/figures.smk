@@ -15,8 +15,12 @@ rule figure_tradeoff:
     log:
         "results/logs/figures/tradeoff.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.figures"),
     shell:
-        "pcn figure tradeoff --summary {input.summary:q} --out {output.png:q} > {log:q} 2>&1"
+        "python -m pcn figure tradeoff --summary {input.summary:q} --out {output.png:q} > {log:q} 2>&1"
 
 
 rule figure_ce_weight:
@@ -33,8 +37,34 @@ rule figure_ce_weight:
     log:
         "results/logs/figures/ce_weight.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.figures"),
     shell:
-        "pcn figure ce_weight --summary {input.summary:q} --out {output.png:q} > {log:q} 2>&1"
+        "python -m pcn figure ce_weight --summary {input.summary:q} --out {output.png:q} > {log:q} 2>&1"
+
+
+rule figure_inference_gain:
+    input:
+        summary="results/summary.csv",
+    output:
+        png=report(
+            "results/figures/inference_gain.png",
+            caption="../report/inference_gain.rst",
+            category="Figures",
+            subcategory="Inference dynamics",
+        ),
+        pdf="results/figures/inference_gain.pdf",
+    log:
+        "results/logs/figures/inference_gain.log",
+    localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.figures"),
+    shell:
+        "python -m pcn figure inference_gain --summary {input.summary:q} --out {output.png:q} > {log:q} 2>&1"
 
 
 rule figure_inference:
@@ -52,8 +82,12 @@ rule figure_inference:
     log:
         "results/logs/figures/inference.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.figures"),
     shell:
-        "pcn figure inference --summary {input.summary:q} --traces {input.traces:q}"
+        "python -m pcn figure inference --summary {input.summary:q} --traces {input.traces:q}"
         " --out {output.png:q} > {log:q} 2>&1"
 
 
@@ -72,8 +106,12 @@ rule figure_curves:
     log:
         "results/logs/figures/curves.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.figures"),
     shell:
-        "pcn figure curves --summary {input.summary:q} --curves {input.curves:q}"
+        "python -m pcn figure curves --summary {input.summary:q} --curves {input.curves:q}"
         " --out {output.png:q} > {log:q} 2>&1"
 
 
@@ -92,8 +130,12 @@ rule figure_sensitivity:
     log:
         "results/logs/figures/sensitivity.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.figures"),
     shell:
-        "pcn figure sensitivity --summary {input.summary:q} --sensitivity {input.sensitivity:q}"
+        "python -m pcn figure sensitivity --summary {input.summary:q} --sensitivity {input.sensitivity:q}"
         " --out {output.png:q} > {log:q} 2>&1"
 
 
@@ -112,8 +154,12 @@ rule figure_probes:
     log:
         "results/logs/figures/probes.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.figures"),
     shell:
-        "pcn figure probes --summary {input.summary:q} --linear-probes {input.linear_probes:q}"
+        "python -m pcn figure probes --summary {input.summary:q} --linear-probes {input.linear_probes:q}"
         " --out {output.png:q} > {log:q} 2>&1"
 
 
@@ -130,13 +176,16 @@ rule figure_images:
             subcategory="Representations",
         ),
         pdf="results/figures/images.pdf",
-    params:
-        clamp="--clamp results/clamp.csv" if CLAMP_RUNS else "",
     log:
         "results/logs/figures/images.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.figures"),
+        clamp="--clamp results/clamp.csv" if CLAMP_RUNS else "",
     shell:
-        "pcn figure images --summary {input.summary:q} --images {input.images:q} {params.clamp}"
+        "python -m pcn figure images --summary {input.summary:q} --images {input.images:q} {params.clamp}"
         " --out {output.png:q} > {log:q} 2>&1"
 
 
@@ -155,6 +204,10 @@ rule figure_alignment:
     log:
         "results/logs/figures/alignment.log",
     localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.figures"),
     shell:
-        "pcn figure alignment --summary {input.summary:q} --alignment {input.alignment:q}"
+        "python -m pcn figure alignment --summary {input.summary:q} --alignment {input.alignment:q}"
         " --out {output.png:q} > {log:q} 2>&1"

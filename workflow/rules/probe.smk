@@ -18,23 +18,26 @@ rule probe:
         sensitivity=f"{RUNS_ROOT}/{{run}}/sensitivity.csv",
         linear_probes=f"{RUNS_ROOT}/{{run}}/linear_probes.csv",
         images=f"{RUNS_ROOT}/{{run}}/images.npz",
-    wildcard_constraints:
-        run=r"dataset~[^/]+/model~pcn/.+",
-    params:
-        run=run_path,
-        args=probe_args("steps", "n_test", "n_train", "eta_factors", "n_images"),
-        device=config["device"],
     log:
         "results/logs/probe/{run}.log",
     benchmark:
         "results/benchmarks/probe/{run}.tsv"
+    wildcard_constraints:
+        run=r"dataset~[^/]+/model~pcn/.+",
+    conda:
+        "../envs/pcn.yaml"
     threads: RES["probe"]["threads"]
     resources:
         mem_mb=lambda wildcards, attempt: RES["probe"]["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: RES["probe"]["runtime"] * attempt,
         gpu=RES["probe"]["gpu"],
+    params:
+        code=code_param("pcn.study.probe"),
+        run=run_path,
+        args=probe_args("steps", "n_test", "n_train", "eta_factors", "n_images"),
+        device=config["device"],
     shell:
-        "pcn probe --run {params.run:q} --out {output.trace:q} --sensitivity {output.sensitivity:q}"
+        "python -m pcn probe --run {params.run:q} --out {output.trace:q} --sensitivity {output.sensitivity:q}"
         " --linear-probes {output.linear_probes:q} --images {output.images:q} {params.args}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"
 
@@ -46,23 +49,26 @@ rule probe_ae:
     output:
         linear_probes=f"{RUNS_ROOT}/{{run}}/linear_probes.csv",
         images=f"{RUNS_ROOT}/{{run}}/images.npz",
-    wildcard_constraints:
-        run=r"dataset~[^/]+/model~(ae|cre)/.+",
-    params:
-        run=run_path,
-        args=probe_args("n_test", "n_train", "n_images"),
-        device=config["device"],
     log:
         "results/logs/probe_ae/{run}.log",
     benchmark:
         "results/benchmarks/probe_ae/{run}.tsv"
+    wildcard_constraints:
+        run=r"dataset~[^/]+/model~(ae|cre)/.+",
+    conda:
+        "../envs/pcn.yaml"
     threads: RES["probe"]["threads"]
     resources:
         mem_mb=lambda wildcards, attempt: RES["probe"]["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: RES["probe"]["runtime"] * attempt,
         gpu=RES["probe"]["gpu"],
+    params:
+        code=code_param("pcn.study.probe"),
+        run=run_path,
+        args=probe_args("n_test", "n_train", "n_images"),
+        device=config["device"],
     shell:
-        "pcn probe --run {params.run:q} --linear-probes {output.linear_probes:q} --images {output.images:q}"
+        "python -m pcn probe --run {params.run:q} --linear-probes {output.linear_probes:q} --images {output.images:q}"
         " {params.args} --device {params.device} --threads {threads} > {log:q} 2>&1"
 
 
@@ -72,22 +78,25 @@ rule clamp:
         model=f"{RUNS_ROOT}/{{run}}/model.pt",
     output:
         [f"{RUNS_ROOT}/{{run}}/clamp/{name}" for name in CLAMP_FILES],
-    wildcard_constraints:
-        run=r"dataset~[^/]+/model~pcn/.+",
-    params:
-        run=run_path,
-        out=lambda wildcards: f"{RUNS_ROOT}/{wildcards.run}/clamp",
-        args=probe_args("steps", "n_test", "n_train"),
-        device=config["device"],
     log:
         "results/logs/clamp/{run}.log",
     benchmark:
         "results/benchmarks/clamp/{run}.tsv"
+    wildcard_constraints:
+        run=r"dataset~[^/]+/model~pcn/.+",
+    conda:
+        "../envs/pcn.yaml"
     threads: RES["probe"]["threads"]
     resources:
         mem_mb=lambda wildcards, attempt: RES["probe"]["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: RES["probe"]["runtime"] * attempt,
         gpu=RES["probe"]["gpu"],
+    params:
+        code=code_param("pcn.study.probe"),
+        run=run_path,
+        out=lambda wildcards: f"{RUNS_ROOT}/{wildcards.run}/clamp",
+        args=probe_args("steps", "n_test", "n_train"),
+        device=config["device"],
     shell:
-        "pcn probe --run {params.run:q} --clamp {params.out:q} {params.args}"
+        "python -m pcn probe --run {params.run:q} --clamp {params.out:q} {params.args}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"

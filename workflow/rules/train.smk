@@ -8,11 +8,11 @@
 rule run_config:
     output:
         "results/configs/{run}.yaml",
-    params:
-        cfg=run_config,
     log:
         "results/logs/run_config/{run}.log",
     localrule: True
+    params:
+        cfg=run_config,
     run:
         write_run_config(params.cfg, output[0], log[0])
 
@@ -27,19 +27,22 @@ rule train:
         config=f"{RUNS_ROOT}/{{run}}/config.json",
         model=f"{RUNS_ROOT}/{{run}}/model.pt",
         alignment=f"{RUNS_ROOT}/{{run}}/alignment.csv",
-    params:
-        out=run_path,
-        ckpt=lambda wildcards: f"results/checkpoints/{wildcards.run}",
-        device=config["device"],
     log:
         "results/logs/train/{run}.log",
     benchmark:
         "results/benchmarks/train/{run}.tsv"
+    conda:
+        "../envs/pcn.yaml"
     threads: RES["train"]["threads"]
     resources:
         mem_mb=lambda wildcards, attempt: RES["train"]["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: RES["train"]["runtime"] * attempt,
         gpu=RES["train"]["gpu"],
+    params:
+        code=code_param("pcn.study.train"),
+        out=run_path,
+        ckpt=lambda wildcards: f"results/checkpoints/{wildcards.run}",
+        device=config["device"],
     shell:
-        "pcn train --config {input.cfg:q} --out {params.out:q} --ckpt-dir {params.ckpt:q}"
-        " --device {params.device} --threads {threads} > {log:q} 2>&1"
+        "python -m pcn train --config {input.cfg:q} --out {params.out:q} --ckpt-dir {params.ckpt:q}"
+        " --device {params.device} --threads {threads} --restart-if-changed > {log:q} 2>&1"
