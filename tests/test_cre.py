@@ -106,8 +106,9 @@ def test_one_adam_equals_adam_per_module():
 
 
 def test_config_keys():
-    cfg = config.resolve({"model": "cre", "rule": "pc"})
+    cfg = config.resolve({"model": "cre", "rule": "pc", "init": "zeros"})
     assert cfg["rule"] == "bp" and cfg["cre_size"] == "medium" and cfg["latent"] == 32
+    assert cfg["init"] == config.defaults()["init"]  # ignored, like an ae's: one canonical value
     m = build_model(dict(cfg, cre_size="small", latent=5))
     assert isinstance(m, CRE) and isinstance(m, AE) and _linears(m.encoder) == [(784, 5)]
     for bad in ({"cre_size": "large"}, {"latent": 0}):

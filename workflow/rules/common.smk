@@ -110,9 +110,14 @@ def _read_config():
             k: pcn_config.from_text(v) if isinstance(v, (dict, str)) else v
             for k, v in config["resources"].items()
         }
-    if isinstance(config.get("train_by_model"), dict):  # per-model training keys, typed like `train`
+    # Per-model training keys, typed like `train`.
+    if isinstance(config.get("train_by_model"), dict):
         config["train_by_model"] = {
-            m: {k: _typed(v, k) for k, v in keys.items()} if isinstance(keys, dict) else keys
+            m: (
+                {k: _typed(v, k) for k, v in keys.items()}
+                if isinstance(keys, dict)
+                else keys
+            )
             for m, keys in config["train_by_model"].items()
         }
     train = copy.deepcopy(config.get("train"))
@@ -218,8 +223,10 @@ def _build_runs(cfg):
     models = pcn_config.schema()["properties"]["model"]["enum"]
     for model, keys in by_model.items():
         if model not in models or not isinstance(keys, dict):
-            raise config_error(f"config key 'train_by_model.{model}': must be a model ({', '.join(models)}) "
-                               "mapped to training keys")
+            raise config_error(
+                f"config key 'train_by_model.{model}': must be a model ({', '.join(models)}) "
+                "mapped to training keys"
+            )
 
     factors_of, config_of = {}, {}
     for combo in itertools.product(*grid.values()):
