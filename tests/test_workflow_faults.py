@@ -30,7 +30,8 @@ STUDY = {
     "device": "cpu",
     "train": {"val_size": 64, "train_subset": 256, "test_subset": 128, "eval_train_size": 64, "epochs": 2,
               "batch_size": 64, "layers": [784, 16, 8], "T": 3},
-    "grid": {"dataset": ["mnist"], "model": ["pcn"], "rule": ["pc"], "ce_weight": [0.0, 1.0], "seed": [0]},
+    "grid": {"dataset": ["mnist"], "model": ["pcn"], "rule": ["pc"], "init": ["amortised"], "ce_weight": [0.0, 0.5],
+             "seed": [0]},
     "resources": {"train": {"threads": 1, "mem_mb": 1000, "runtime": 10}},
 }
 # Columns allowed to differ: wall-clock times, and the code version (a commit made while the

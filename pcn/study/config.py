@@ -183,7 +183,7 @@ def undefined_point(cfg: dict) -> str | None:
 
     ``pc`` at w = 1: its nudged inference weighs CE by beta = w / (1 - w), infinite at w = 1,
     and the local update has no energy term left to follow (docs/methods.md)."""
-    if cfg.get("model", "pcn") == "pcn" and cfg.get("rule") == "pc" and cfg.get("ce_weight", 0) >= 1:
+    if cfg.get("model", "pcn") == "pcn" and cfg.get("rule") == "pc" and cfg.get("ce_weight", 0) == 1:
         return ("config key 'ce_weight': rule 'pc' needs ce_weight < 1 (its label nudge beta = w / (1 - w) "
                 "is infinite at w = 1 and leaves no local update); use bp for w = 1")
     return None
