@@ -20,7 +20,7 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SNAKEFILE = ROOT / "Snakefile"
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
 MNIST_DIR = (ROOT / ".." / "shared" / "data" / "mnist").resolve()
 SNAKEMAKE = shutil.which("snakemake") or "snakemake"
 TARGETS = ["results/summary.csv", "results/curves.csv", "results/alignment.csv"]
