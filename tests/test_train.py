@@ -134,3 +134,13 @@ def test_config_file_and_overrides(tmp_path):
     cfg = config.load(f, ["lr=1e-3", "T=7"])
     assert cfg["rule"] == "bp" and cfg["ce_weight"] == 0.25 and cfg["lr"] == 0.001 and cfg["T"] == 7
     assert config.load(None, ["model=ae"])["rule"] == "bp"
+
+
+def test_training_set_goes_to_the_device_only_when_it_fits():
+    from pcn.study.train import fits_on_device, place_training_set
+
+    assert fits_on_device(400, 1000) and not fits_on_device(600, 1000)
+    x, y = torch.zeros(5, 3), torch.zeros(5, dtype=torch.long)
+    logs = []
+    gx, gy = place_training_set(x, y, torch.device("cpu"), logs.append)
+    assert gx.device.type == "cpu" and torch.equal(gx, x) and not logs

@@ -76,6 +76,27 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
+def fits_on_device(nbytes: int, free_bytes: int) -> bool:
+    """Whether a tensor of ``nbytes`` goes to the device once per job: at most half its free memory
+    (the rest is left for the model, inference buffers and the optimiser)."""
+    return nbytes <= free_bytes // 2
+
+
+def place_training_set(x: torch.Tensor, y: torch.Tensor, dev: torch.device,
+                       log: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training set on ``dev`` once per job when it fits (``fits_on_device``: CUDA's free
+    memory; CPU and MPS share host memory), else kept in host memory and copied batch by batch."""
+    if dev.type != "cuda":
+        return x.to(dev), y.to(dev)
+    need = x.element_size() * x.nelement() + y.element_size() * y.nelement()
+    free, _ = torch.cuda.mem_get_info(dev)
+    if fits_on_device(need, free):
+        return x.to(dev), y.to(dev)
+    log(f"training set ({need / 2**20:.0f} MiB) exceeds half the free GPU memory ({free / 2**20:.0f} MiB): "
+        f"kept in host memory, copied batch by batch")
+    return x.pin_memory(), y.pin_memory()
+
+
 def pick_device(name: str) -> torch.device:
     """auto (cuda, else cpu), cpu, cuda or mps (Apple silicon); an unavailable one is an error."""
     if name == "auto":
@@ -263,7 +284,7 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
     prov = {**provenance.code_version(), "data_files": ds.files}
     write_text(out / "config.json", config_mod.dumps({**cfg, **prov}))
 
-    train_x, train_y = ds.train.x.to(dev), ds.train.y.to(dev)
+    train_x, train_y = place_training_set(ds.train.x, ds.train.y, dev, log)
     n_eval = min(cfg["eval_train_size"], len(ds.train))
     B, n = cfg["batch_size"], len(train_y)
     n_batches = math.ceil(n / B)
@@ -293,11 +314,11 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
     diverged_at: tuple[int, int] | None = None
     for epoch in range(start_epoch, cfg["epochs"] + 1):
         t0 = time.perf_counter()
-        order = epoch_order(n, cfg["seed"], epoch).to(dev)
+        order = epoch_order(n, cfg["seed"], epoch).to(train_x.device)
         sums = {"loss": 0.0, "energy": 0.0, "ce": 0.0}
         for b in range(n_batches):
             idx = order[b * B:(b + 1) * B]
-            terms = step(model, train_x[idx], train_y[idx], cfg)
+            terms = step(model, train_x[idx].to(dev, non_blocking=True), train_y[idx].to(dev, non_blocking=True), cfg)
             vals = {k: float(terms[k]) for k in sums}
             if not all(math.isfinite(v) for v in vals.values()):
                 diverged_at = (epoch, b)

@@ -282,8 +282,11 @@ def _cuda_here():
 
 
 def _uses_cuda():
-    """Whether train and probe jobs will run on CUDA (`device` cuda, or auto with a GPU)."""
-    return config["device"] == "cuda" or (config["device"] == "auto" and _cuda_here())
+    """Whether train and probe jobs will run on the one GPU (`device` cuda or mps, or auto
+    with CUDA), so that they hold the `gpu` resource."""
+    return config["device"] in ("cuda", "mps") or (
+        config["device"] == "auto" and _cuda_here()
+    )
 
 
 def _minutes_or_mb(key, value):
