@@ -85,7 +85,7 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
 
 def bp_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
              infer_state: Callable = inference.infer_state) -> dict[str, torch.Tensor]:
-    """Backprop through inference: L = (1 - w) E(z^T) + w CE(z^T_L), plus the readout probe.
+    """Backprop through inference: L = (1 - w) s E(z^T) + w CE(z^T_L), plus the readout probe.
     ``infer_state``: the (differentiable) inference to unroll, the reference loop by default."""
     w = float(cfg["ce_weight"])
     model.zero_grad(set_to_none=True)
