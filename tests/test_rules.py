@@ -48,11 +48,11 @@ def test_pc_update_is_minus_dE_dtheta_at_nudged_latents(w, prior, impl):
     model, x, y = _setup(cfg)
     impl["pc"](model, x, y, cfg)
     got = _grads(model)
-    # The nudged latents (beta = w / (1 - w)) and the free ones, from separate runs of the inference.
+    # The free latents, then the nudged ones (beta = w / (1 - w)) continued from them.
     z0 = init_latents(model, x, "amortised")
     with torch.no_grad():
-        z, _ = infer(model, x, z0, cfg["T"], cfg["eta"], y=y, beta=w / (1 - w))
         free, _ = infer(model, x, z0, cfg["T"], cfg["eta"])
+        z = infer(model, x, free, cfg["T"], cfg["eta"], y=y, beta=w / (1 - w))[0] if w > 0 else free
     z, free = [zl.detach() for zl in z], [zl.detach() for zl in free]  # no graph through the trajectory
     model.zero_grad(set_to_none=True)
     energy(model, x, z).mean().backward()
@@ -111,7 +111,8 @@ def test_pc_update_depends_on_trajectory_only_through_its_end(impl, monkeypatch)
     cfg = _cfg(ce_weight=0.4, init="zeros", T=0)
     model, x, y = _setup(cfg)
     with torch.no_grad():
-        zstar, _ = infer(model, x, init_latents(model, x, "zeros"), 9, 0.1, y=y, beta=0.4 / 0.6)
+        free, _ = infer(model, x, init_latents(model, x, "zeros"), 9, 0.1)
+        zstar, _ = infer(model, x, free, 9, 0.1, y=y, beta=0.4 / 0.6)   # the nudged phase continues the free one
     with monkeypatch.context() as m:
         start = lambda mm, xx, mode: [zl.clone() for zl in zstar]  # noqa: E731
         m.setattr(reference_rules.inference, "init_latents", start)
@@ -227,7 +228,8 @@ def test_energy_norm_scales_the_energy_term(norm, impl):
     impl["pc"](model, x, y, cfg)
     got = _grads(model)
     with torch.no_grad():
-        zn, _ = infer(model, x, init_latents(model, x, "zeros"), cfg["T"], cfg["eta"], y=y, beta=(0.4 / 0.6) / s)
+        free, _ = infer(model, x, init_latents(model, x, "zeros"), cfg["T"], cfg["eta"])
+        zn, _ = infer(model, x, free, cfg["T"], cfg["eta"], y=y, beta=(0.4 / 0.6) / s)
     model.zero_grad(set_to_none=True)
     (s * energy(model, x, [zl.detach() for zl in zn]).mean()).backward()
     torch.testing.assert_close(got["W.0"], model.W[0].grad, rtol=1e-9, atol=1e-12)

@@ -5,6 +5,13 @@
     dE/dz_l = eps_l - f'(z_l) * (W_{l-1}^T eps_{l-1}),   l = 1..L (no eps_L term without a prior)
     CE(z_L, y) = -log softmax(C z_L + c)_y,   dCE/dz_L = (softmax(C z_L + c) - onehot(y)) C
 
+With a bottom-up term (``model.bottom_up`` = alpha > 0, rule ``bpc``), every latent is also
+predicted from below by the bottom-up weights V_l, a_l (g_0 = identity, g_l = f):
+
+    delta_{l+1} = z_{l+1} - (V_l g_l(z_l) + a_l),              l = 0..L-1
+    E_bu(z; x)  = alpha sum_l 1/2 ||delta_{l+1}||^2,           E = E_td + E_bu
+    dE_bu/dz_l  = alpha delta_l - alpha f'(z_l) * (V_l^T delta_{l+1})    (second term for l < L)
+
 All functions take a batch (rows are samples) and return per-sample quantities; they are
 plain tensor code, so they run without autograd and are also differentiable by it.
 A new energy term is added here (``errors``/``energy`` and ``latent_grad``), then, optionally,
@@ -32,9 +39,19 @@ def layer_energies(eps: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([0.5 * (e * e).sum(1) for e in eps])
 
 
+def bu_errors(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> list[torch.Tensor]:
+    """delta_{l+1} = z_{l+1} - (V_l g_l(z_l) + a_l) for l = 0..L-1 (g_0 = identity, z_0 = x)."""
+    below = [x] + [model.f(zl) for zl in z[:-1]]
+    return [z[l] - torch.addmm(model.a[l], below[l], model.V[l].t()) for l in range(model.L)]
+
+
 def energy(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
-    """E(z; x) per sample, shape (batch,)."""
-    return layer_energies(errors(model, x, z)).sum(0)
+    """E(z; x) per sample, shape (batch,): the top-down energy, plus alpha E_bu with a
+    bottom-up term."""
+    E = layer_energies(errors(model, x, z)).sum(0)
+    if model.bottom_up > 0:
+        E = E + model.bottom_up * layer_energies(bu_errors(model, x, z)).sum(0)
+    return E
 
 
 def latent_grad(model: PCN, z: list[torch.Tensor], eps: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -44,6 +61,19 @@ def latent_grad(model: PCN, z: list[torch.Tensor], eps: list[torch.Tensor]) -> l
         g = -model.df(z[l - 1]) * (eps[l - 1] @ model.W[l - 1])
         if l < model.L or model.prior_mean is not None:
             g = g + eps[l]
+        grads.append(g)
+    return grads
+
+
+def bu_latent_grad(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> list[torch.Tensor]:
+    """dE_bu/dz_l = alpha delta_l - alpha f'(z_l) * (delta_{l+1} V_l) for l = 1..L (the second
+    term for l < L), with alpha = ``model.bottom_up``."""
+    d, a = bu_errors(model, x, z), model.bottom_up
+    grads = []
+    for l in range(1, model.L + 1):
+        g = a * d[l - 1]
+        if l < model.L:
+            g = g - a * model.df(z[l - 1]) * (d[l] @ model.V[l])
         grads.append(g)
     return grads
 

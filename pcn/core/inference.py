@@ -3,6 +3,9 @@
     F(z) = E(z; x) + beta CE(C z_L + c, y)            (beta = 0 or y = None: F = E)
     v <- m v + dF/dz;   z <- z - eta v                 (m = 0: plain gradient descent)
 
+eta is one number, or one per latent layer (eta_l for z_l: a diagonal preconditioner, which
+leaves the fixed points unchanged; ``pcn.core.stepsize`` sets them from a curvature bound).
+
 with dE/dz from ``pcn.core.energy.latent_grad``; all layers are updated from the same state
 z^t (a simultaneous, Jacobi-style step).  Written plainly, one layer at a time and out of
 place, so that the same code runs without autograd (``pc``, evaluation, probing) and with it,
@@ -19,7 +22,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from pcn.core.energy import ce_latent_grad, errors, latent_grad
+from pcn.core.energy import bu_latent_grad, ce_latent_grad, errors, latent_grad
 from pcn.core.model import PCN
 
 StepCallback = Callable[[int, list, list, Optional[list]], None]
@@ -52,21 +55,25 @@ def init_latents(model: PCN, x: torch.Tensor, mode: str) -> list[torch.Tensor]:
 
 
 def nudged(y: Optional[torch.Tensor], beta: float) -> bool:
-    """Whether the label enters inference (a label is given and beta > 0)."""
-    return y is not None and beta > 0.0
+    """Whether the label enters inference (a label is given and beta != 0; a negative beta is
+    the opposite nudge of ``pc-ep``'s symmetric estimate)."""
+    return y is not None and beta != 0.0
 
 
 def objective_grad(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eps: list[torch.Tensor],
                    y: Optional[torch.Tensor] = None, beta: float = 0.0) -> list[torch.Tensor]:
-    """dF/dz_l for l = 1..L:  dE/dz_l  +  beta dCE/dz_L in the top layer (with a label)."""
+    """dF/dz_l for l = 1..L:  dE/dz_l (with the bottom-up term if the model has one)  +
+    beta dCE/dz_L in the top layer (with a label)."""
     g = latent_grad(model, z, eps)
+    if model.bottom_up > 0:
+        g = [a + b for a, b in zip(g, bu_latent_grad(model, x, z))]
     if nudged(y, beta):
         g[-1] = g[-1] + beta * ce_latent_grad(model, z[-1], y)
     return g
 
 
 def step(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eps: list[torch.Tensor],
-         v: Optional[list[torch.Tensor]], eta: float, y: Optional[torch.Tensor] = None, beta: float = 0.0,
+         v: Optional[list[torch.Tensor]], eta: float | list[float], y: Optional[torch.Tensor] = None, beta: float = 0.0,
          momentum: float = 0.0) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
     """One inference step from z (with errors eps = errors(z)): returns (z', v').
 
@@ -76,7 +83,8 @@ def step(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eps: list[torch.Ten
     if momentum > 0:
         v = [momentum * vl + gl for vl, gl in zip(v, g)] if v is not None else g
         g = v
-    return [zl - eta * gl for zl, gl in zip(z, g)], v
+    etas = eta if isinstance(eta, (list, tuple)) else [eta] * len(z)
+    return [zl - el * gl for zl, el, gl in zip(z, etas, g)], v
 
 
 def infer_state(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float,

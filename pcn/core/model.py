@@ -7,6 +7,8 @@ Layers l = 0..L; z_0 = x is clamped, z_1..z_L are latents.  Layer l+1 predicts l
 A linear readout classifies from the top latent itself: logits = C z_L + c.
 An optional amortiser (used by ``init: amortised``) maps bottom-up
 z_{l+1}^0 = V_l g_l(z_l^0) + a_l with g_0 = identity (the data) and g_l = f above.
+With ``bottom_up`` = alpha > 0 (rule ``bpc``) the same V_l, a_l are also part of the energy:
+alpha/2 ||z_{l+1} - V_l g_l(z_l) - a_l||^2 per layer (``pcn.core.energy``).
 """
 from __future__ import annotations
 
@@ -30,12 +32,15 @@ class PCN(nn.Module):
     """Parameters of a generative PCN with layer sizes ``layers`` = [d_0, ..., d_L]."""
 
     def __init__(self, layers: list[int], activation: str = "tanh", prior: bool = False,
-                 amortised: bool = False, seed: int = 0):
+                 amortised: bool = False, seed: int = 0, bottom_up: float = 0.0):
         super().__init__()
         self.layers = list(layers)
         self.activation = activation
         self.f, self.df = activations.get(activation)
         self.has_prior = prior
+        if bottom_up < 0 or (bottom_up > 0 and not amortised):
+            raise ValueError(f"bottom_up {bottom_up}: needs bottom_up >= 0, and bottom-up weights (amortised=True) when > 0")
+        self.bottom_up = float(bottom_up)
         gen = torch.Generator().manual_seed(seed)
         L = len(layers) - 1
         # Xavier-like scale for the generative weights: fan_in = d_{l+1}.

@@ -9,14 +9,18 @@ top latent (a probe), so w decides only whether the CE shapes the representation
 The energy enters the objectives as s E, s = ``energy_scale`` (energy_norm: 2 / d_0 for
 ``pixel``, whose data term is the per-pixel MSE; 1 for ``sum``).
 
-``pc``  two inferences from the same start: a free one on E (x only) and a nudged one on
+``pc``  two inferences: a free one on E (x only) from z^0, then a nudged one on
             s E + beta CE  (descended as E + (beta / s) CE),   beta = w / (1 - w)
+        that continues from the free latents (equilibrated nudging: the nudge perturbs the
+        free state, and the nudged phase gets the free phase's steps as a head start)
         (the minimiser of (1 - w) s E + w CE, with the E-step of test-time inference at every w;
         w = 1 is refused: beta is infinite and no local update is defined there).  Then, at the
         nudged latents z* (no graph through the trajectory), the local updates are
             s dE/dW_l = -s eps_l f(z*_{l+1})^T,   s dE/db_l = -s eps_l      (batch means).
         The readout probe trains on the free latents, the quantity that test-time inference
         produces; the amortiser, if any, regresses the nudged z*_{l+1} on g_l(z*_l) (local MSE).
+``pc-ep``, ``bpc``, ``ipc``: the local variants of issue 12, documented at their functions
+        and in docs/methods.md.
 ``bp``  inference runs on E alone, unrolled in the autograd graph; the loss
             L = (1 - w) s E(z^T; x) + w CE(C z^T_L + c, y)
         is backpropagated through all T steps to every weight (C held fixed in this term).
@@ -29,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from pcn.core import inference
-from pcn.core.energy import energy, energy_scale, layer_energies
+from pcn.core.energy import bu_errors, energy, energy_scale, layer_energies
+from pcn.core.stepsize import inference_eta, relative_update
 from pcn.core.model import PCN
 
 
@@ -50,49 +55,171 @@ def amortiser_loss(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> torch.
     return loss
 
 
-def nudge_strength(w: float) -> float:
-    """beta = w / (1 - w), the weight of CE against E in pc's nudged inference, for 0 <= w < 1."""
+def nudge_strength(w: float, rule: str = "pc") -> float:
+    """beta = w / (1 - w), the weight of CE against E in the nudged inference of ``pc``, ``bpc``
+    and ``ipc``, for 0 <= w < 1."""
     if not 0.0 <= w < 1.0:
-        raise ValueError(f"rule 'pc': ce_weight {w} has no local update (beta = w / (1 - w) is "
+        raise ValueError(f"rule {rule!r}: ce_weight {w} has no local update (beta = w / (1 - w) is "
                          f"infinite at w = 1); allowed: 0 <= ce_weight < 1")
     return w / (1.0 - w)
 
 
-def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
-    """Local PC rule: free and nudged inference (no graph), then -dE/dtheta at the nudged latents;
-    the readout on the free latents."""
-    w = float(cfg["ce_weight"])
+def settle(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eta: float, y: torch.Tensor | None = None,
+           beta: float = 0.0) -> float:
+    """How far from its fixed point inference stopped: the relative update ||dz|| / ||z|| of one
+    more step from z (of the same objective)."""
+    z_next, _ = inference.step(model, x, z, inference.errors(model, x, z), None, eta, y, beta)
+    return relative_update(z_next, z)
+
+
+def _phases(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict, beta: float):
+    """Free inference from z^0 (T steps on E), then the nudged one (T steps on E + (beta / s) CE)
+    continued from the free latents; returns (z0, free, nudged, eta)."""
     s = energy_scale(model, cfg["energy_norm"])
-    beta = nudge_strength(w) / s
-    T, eta, m = cfg["T"], cfg["eta"], cfg["momentum"]
-    with torch.no_grad():
-        z0 = inference.init_latents(model, x, cfg["init"])
-        free, _ = inference.infer(model, x, z0, T, eta, momentum=m)
-        z = inference.infer(model, x, z0, T, eta, y=y, beta=beta, momentum=m)[0] if beta > 0 else free
+    T, m = cfg["T"], cfg["momentum"]
+    eta = inference_eta(model, cfg)
+    z0 = inference.init_latents(model, x, cfg["init"])
+    free, _ = inference.infer(model, x, z0, T, eta, momentum=m)
+    z = inference.infer(model, x, free, T, eta, y=y, beta=beta / s, momentum=m)[0] if beta != 0 else free
+    return z0, free, z, eta
+
+
+def _local_backward(model: PCN, x: torch.Tensor, y: torch.Tensor, s: float, terms: list[tuple[float, list]],
+                    free: list[torch.Tensor], target: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fill p.grad with d/dtheta of sum_k c_k s E(z_k) (every z_k a constant: local), plus the
+    readout probe's CE at the free top latent and, with an amortiser that is not part of the
+    energy, its regression onto ``target``.  Returns the terms (energy: s E at the first z_k)."""
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
-        E = s * energy(model, x, z).mean()      # z is a constant here: dE/dtheta at z* only
+        Es = [s * energy(model, x, z).mean() for _, z in terms]
+        total = sum(c * E for (c, _), E in zip(terms, Es))
         ce = readout_loss(model, free[-1], y)
-        total = E + ce
-        out = {"loss": ((1.0 - w) * E + w * ce).detach(), "energy": E.detach(), "ce": ce.detach()}
-        if model.V is not None:
-            amort = amortiser_loss(model, x, z)
+        total = total + ce
+        out = {"energy": Es[0].detach(), "ce": ce.detach()}
+        if model.V is not None and model.bottom_up == 0:
+            amort = amortiser_loss(model, x, target)
             total = total + amort
             out["amortiser"] = amort.detach()
         total.backward()
     return out
 
 
+def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
+    """Local PC rule: free inference, then nudged inference continued from it (no graph), then
+    s dE/dtheta at the nudged latents; the readout on the free latents."""
+    w = float(cfg["ce_weight"])
+    s = energy_scale(model, cfg["energy_norm"])
+    beta = nudge_strength(w, cfg.get("rule", "pc"))
+    with torch.no_grad():
+        _, free, z, eta = _phases(model, x, y, cfg, beta)
+    out = _local_backward(model, x, y, s, [(1.0, z)], free, z)
+    with torch.no_grad():
+        out["settle"] = torch.tensor(settle(model, x, z, eta, y, beta / s))
+    out["loss"] = (1.0 - w) * out["energy"] + w * out["ce"]
+    return out
+
+
+def bpc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
+    """Bottom-up PC (``bpc``): ``pc`` on the energy with a bottom-up term,
+        E = sum_l 1/2 ||eps_l||^2 + alpha sum_l 1/2 ||z_{l+1} - V_l g_l(z_l) - a_l||^2,
+    so both inferences use both directions and the label's nudge reaches the lower layers
+    through the bottom-up errors.  The local update s dE/dtheta at the nudged latents gives
+    W_l, b_l their pc update and V_l, a_l  s alpha delta_{l+1} g_l(z*_l)^T, delta_{l+1}  (errors
+    that carry the label); V is the bottom-up half of the energy, not a separate amortiser."""
+    if model.bottom_up <= 0:
+        raise ValueError("rule 'bpc' needs a model with a bottom-up term (bottom_up = bu_weight > 0)")
+    return pc_grads(model, x, y, cfg)
+
+
+def ep_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
+    """Contrastive two-phase rule (``pc-ep``, equilibrium propagation): a free phase to z*_0 on
+    E, then two nudged phases from it on s E +- beta_ep CE (symmetric nudging) to z*_+, z*_-, and
+
+        dtheta = (1 - w) s dE/dtheta(z*_0) + w [s dE/dtheta(z*_+) - s dE/dtheta(z*_-)] / (2 beta_ep)
+
+    whose second term tends to d CE(z*_0(theta)) / dtheta as beta_ep -> 0 at the free fixed
+    point (the EP theorem; error O(beta_ep^2) with symmetric nudging), so the whole update
+    estimates the gradient of bp's objective (1 - w) s E + w CE at the free equilibrium, at every
+    w including w = 1.  The amortiser regresses onto the free latents (what test-time inference
+    reaches); the readout probe trains on them."""
+    w, b = float(cfg["ce_weight"]), float(cfg["ep_beta"])
+    s = energy_scale(model, cfg["energy_norm"])
+    T, m = cfg["T"], cfg["momentum"]
+    with torch.no_grad():
+        eta = inference_eta(model, cfg)
+        z0 = inference.init_latents(model, x, cfg["init"])
+        free, _ = inference.infer(model, x, z0, T, eta, momentum=m)
+        terms = [(1.0 - w, free)]
+        if w > 0:
+            plus, _ = inference.infer(model, x, free, T, eta, y=y, beta=b / s, momentum=m)
+            minus, _ = inference.infer(model, x, free, T, eta, y=y, beta=-b / s, momentum=m)
+            terms += [(w / (2 * b), plus), (-w / (2 * b), minus)]
+    out = _local_backward(model, x, y, s, terms, free, free)
+    with torch.no_grad():
+        out["settle"] = torch.tensor(settle(model, x, free, eta))
+    out["loss"] = (1.0 - w) * out["energy"] + w * out["ce"]
+    return out
+
+
+def ipc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
+              weight_step: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
+    """Incremental PC (``ipc``, Salvatori et al.): the nudged inference of ``pc`` (from z^0, on
+    E + (beta / s) CE, beta = w / (1 - w)) with a weight step after every inference step:
+    for t = 1..T, z^t = step(z^{t-1}) with the current weights, then theta takes the optimiser's
+    step on s dE/dtheta(z^t).  ``weight_step`` (the optimiser's step) is called after steps
+    1..T-1; the gradients at z^T (with the readout on free latents and the amortiser's
+    regression onto z^T) are left for the caller's step, so a batch makes T weight steps.
+    Without ``weight_step`` (alignment) the weights stay fixed and the W, b gradients are the
+    mean over t of s dE/dtheta(z^t): the batch's update to first order in the learning rate."""
+    w = float(cfg["ce_weight"])
+    s = energy_scale(model, cfg["energy_norm"])
+    beta = nudge_strength(w, "ipc") / s
+    T, m = cfg["T"], cfg["momentum"]
+    with torch.no_grad():
+        eta = inference_eta(model, cfg)
+        z0 = inference.init_latents(model, x, cfg["init"])
+        free, _ = inference.infer(model, x, z0, T, eta, momentum=m)
+    gen = model.generative_parameters()
+    acc = [torch.zeros_like(p) for p in gen]
+    z, v = list(z0), None
+    for t in range(1, T + 1):
+        with torch.no_grad():
+            z, v = inference.step(model, x, z, inference.errors(model, x, z), v, eta, y, beta, m)
+        if t == T:
+            break
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            (s * energy(model, x, z).mean()).backward()
+        if weight_step is not None:
+            weight_step()
+        else:
+            acc = [a + p.grad for a, p in zip(acc, gen)]
+    out = _local_backward(model, x, y, s, [(1.0, z)], free, z)
+    if weight_step is None and T > 1:
+        for a, p in zip(acc, gen):
+            p.grad = (a + p.grad) / T
+    with torch.no_grad():
+        out["settle"] = torch.tensor(settle(model, x, z, eta, y, beta))
+    out["loss"] = (1.0 - w) * out["energy"] + w * out["ce"]
+    return out
+
+
 def bp_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
              infer_state: Callable = inference.infer_state) -> dict[str, torch.Tensor]:
     """Backprop through inference: L = (1 - w) s E(z^T) + w CE(z^T_L), plus the readout probe.
-    ``infer_state``: the (differentiable) inference to unroll, the reference loop by default."""
+    ``infer_state``: the (differentiable) inference to unroll, the reference loop by default.
+    E includes the bottom-up term of a ``bpc`` model (the objective its local rule follows)."""
     w = float(cfg["ce_weight"])
+    s = energy_scale(model, cfg["energy_norm"])
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
+        eta = inference_eta(model, cfg)
         z0 = inference.init_latents(model, x, cfg["init"])
-        st = infer_state(model, x, z0, cfg["T"], cfg["eta"], momentum=cfg["momentum"])
-        E = energy_scale(model, cfg["energy_norm"]) * layer_energies(st.eps).sum(0).mean()
+        st = infer_state(model, x, z0, cfg["T"], eta, momentum=cfg["momentum"])
+        E = layer_energies(st.eps).sum(0)
+        if model.bottom_up > 0:
+            E = E + model.bottom_up * layer_energies(bu_errors(model, x, st.z)).sum(0)
+        E = s * E.mean()
         zL = st.z[-1]
         ce = F.cross_entropy(torch.addmm(model.c.detach(), zL, model.C.detach().t()), y)
         loss = (1.0 - w) * E + w * ce
@@ -100,4 +227,6 @@ def bp_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
     return {"loss": loss.detach(), "energy": E.detach(), "ce": ce.detach()}
 
 
-RULES = {"pc": pc_grads, "bp": bp_grads}
+RULES = {"pc": pc_grads, "bp": bp_grads, "pc-ep": ep_grads, "bpc": bpc_grads, "ipc": ipc_grads}
+LOCAL = ("pc", "pc-ep", "bpc", "ipc")
+"""The local rules: no gradient through the inference trajectory."""

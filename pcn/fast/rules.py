@@ -14,6 +14,7 @@ import torch
 from pcn.core import rules as reference
 from pcn.core.energy import energy_scale
 from pcn.core.inference import init_latents
+from pcn.core.stepsize import inference_eta
 from pcn.core.model import PCN
 from pcn.fast.dispatch import infer_state, note_reference
 from pcn.fast.kernels import mean_half_sq, onehot_t
@@ -52,17 +53,26 @@ def _amortiser_grads(model: PCN, x: torch.Tensor, z: list[torch.Tensor],
     return mean_half_sq(res, B)
 
 
+def _fast_pc_applies(model: PCN) -> bool:
+    """The written-out pc gradients cover the plain energy (no bottom-up term)."""
+    return model.bottom_up == 0
+
+
 @torch.no_grad()
 def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
     """Local PC rule (``pcn.core.rules.pc_grads``): free and nudged inference, -dE/dtheta at the
     nudged latents (the amortiser regresses onto them too), the readout on the free ones."""
+    if not _fast_pc_applies(model):
+        note_reference("rule 'pc' on a model with a bottom-up energy")
+        return reference.pc_grads(model, x, y, cfg)
     w = float(cfg["ce_weight"])
     s = energy_scale(model, cfg["energy_norm"])
     beta = reference.nudge_strength(w) / s
-    T, eta, m = cfg["T"], cfg["eta"], cfg["momentum"]
+    T, m = cfg["T"], cfg["momentum"]
+    eta = inference_eta(model, cfg)
     z0 = init_latents(model, x, cfg["init"])
     free = infer_state(model, x, z0, T, eta, momentum=m)
-    z, eps, fz = infer_state(model, x, z0, T, eta, y=y, beta=beta, momentum=m) if beta > 0 else free
+    z, eps, fz = infer_state(model, x, free.z, T, eta, y=y, beta=beta, momentum=m) if beta > 0 else free
     B = x.shape[0]
     k = -s / B
     for l in range(model.L):  # f(z*) comes from the inference (computed there once)
@@ -72,7 +82,8 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
         model.prior_mean.grad = eps[-1].sum(0).mul_(k)
     E = s * mean_half_sq(eps, B)
     ce = _readout_grads(model, free.z[-1], y)
-    out = {"loss": (1.0 - w) * E + w * ce, "energy": E, "ce": ce}
+    out = {"loss": (1.0 - w) * E + w * ce, "energy": E, "ce": ce,
+           "settle": torch.tensor(reference.settle(model, x, z, eta, y, beta))}
     if model.V is not None:
         guess0 = z0[0] if cfg["init"] == "amortised" else None
         out["amortiser"] = _amortiser_grads(model, x, z, fz, guess0)

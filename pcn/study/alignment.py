@@ -1,7 +1,10 @@
-"""PC-vs-BP gradient alignment (spec 4): for the same weights and the same batch, the cosine
-between the PC weight update (``pcn.core.rules.pc_grads``: -(1 - w) dE/dtheta at the final latents
-of the inference nudged by beta = w / (1 - w)) and the BP gradient of the same objective (``pcn.core.rules.bp_grads``:
-d/dtheta [(1 - w) E(z^T) + w CE(z^T_L)] through the unrolled inference), per generative layer.
+"""Local-vs-BP gradient alignment (spec 4): for the same weights and the same batch, the cosine
+between a local rule's weight update and the BP gradient of the same objective
+(``pcn.core.rules.bp_grads``: d/dtheta [(1 - w) s E(z^T) + w CE(z^T_L)] through the unrolled
+inference), per generative layer.  The local rule is the run's own (``pc``, ``pc-ep``, ``bpc``,
+``ipc``; ``pc`` for ``bp`` runs).  ``pc``, ``bpc`` and ``ipc`` follow s dE/dtheta at latents
+nudged by beta = w / (1 - w), the update of E + beta CE; scaled by (1 - w) it is the update of
+(1 - w) s E + w CE.  ``pc-ep``'s update estimates that gradient itself (no scaling).
 
 Theory: at w = 0 and an inference run to a fixed point (dE/dz = 0), the envelope theorem gives
 dE(z*(theta), theta)/dtheta = dE/dtheta|_{z*}, i.e. the two agree exactly; for small w they
@@ -19,7 +22,9 @@ from pathlib import Path
 import torch
 
 from pcn.core.model import PCN
-from pcn.fast.rules import bp_grads, pc_grads
+from pcn.core.rules import LOCAL
+from pcn.fast.rules import bp_grads, rule
+from pcn.study.config import NUDGED_RULES
 
 COLUMNS = ["source", "epoch", "w", "T", "layer", "metric", "value"]
 
@@ -61,11 +66,14 @@ def grad_alignment(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> l
     is the update of (1 - w) (E + beta CE) = (1 - w) E + w CE, bp's objective, so the norm ratio
     compares like with like.  At w = 1 pc has no update: every value is nan."""
     w = float(cfg["ce_weight"])
-    if w >= 1.0:
+    local = cfg.get("rule", "pc") if cfg.get("rule", "pc") in LOCAL else "pc"
+    nudged = local in NUDGED_RULES
+    if w >= 1.0 and nudged:
         nan = float("nan")
         return [dict(layer=str(l), metric=m, value=nan) for l in range(model.L)
                 for m in ("cos_W", "cos_b", "norm_ratio_W")] + [dict(layer="all", metric="cos", value=nan)]
-    pc = {k: (1.0 - w) * g for k, g in rule_grads(pc_grads, model, x, y, cfg).items()}
+    scale = (1.0 - w) if nudged else 1.0
+    pc = {k: scale * g for k, g in rule_grads(rule(local), model, x, y, dict(cfg, rule=local)).items()}
     bp = rule_grads(bp_grads, model, x, y, cfg)
     rows = []
     for l in range(model.L):

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pcn.core.stepsize import inference_eta
 from pcn.core.energy import cross_entropy, errors, latent_grad
 from pcn.study.evaluate import eval_T
 from pcn.core.inference import init_latents
@@ -39,7 +40,7 @@ COLUMNS = ["mode", "label", "metric", "value"]
 def test_latents(model: PCN, x: torch.Tensor, cfg: dict, steps: int | None = None) -> list[torch.Tensor]:
     """Latents after test-mode inference (x only) for ``steps`` (default: eval T) steps."""
     T = eval_T(cfg) if steps is None else steps
-    z, _ = infer(model, x, init_latents(model, x, cfg["init"]), T, cfg["eta"], momentum=cfg["momentum"])
+    z, _ = infer(model, x, init_latents(model, x, cfg["init"]), T, inference_eta(model, cfg), momentum=cfg["momentum"])
     return z
 
 

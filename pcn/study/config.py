@@ -181,12 +181,18 @@ def undefined_point(cfg: dict) -> str | None:
     """Why a combination of keys defines no run (None if it does).  The study grid leaves such
     points out; a single run with one is refused.
 
-    ``pc`` at w = 1: its nudged inference weighs CE by beta = w / (1 - w), infinite at w = 1,
-    and the local update has no energy term left to follow (docs/methods.md)."""
-    if cfg.get("model", "pcn") == "pcn" and cfg.get("rule") == "pc" and cfg.get("ce_weight", 0) == 1:
-        return ("config key 'ce_weight': rule 'pc' needs ce_weight < 1 (its label nudge beta = w / (1 - w) "
-                "is infinite at w = 1 and leaves no local update); use bp for w = 1")
+    ``pc``, ``bpc``, ``ipc`` at w = 1: their nudged inference weighs CE by beta = w / (1 - w),
+    infinite at w = 1, and the local update has no energy term left to follow
+    (docs/methods.md); ``pc-ep`` and ``bp`` are defined there."""
+    rule = cfg.get("rule")
+    if cfg.get("model", "pcn") == "pcn" and rule in NUDGED_RULES and cfg.get("ce_weight", 0) == 1:
+        return (f"config key 'ce_weight': rule {rule!r} needs ce_weight < 1 (its label nudge beta = w / (1 - w) "
+                "is infinite at w = 1 and leaves no local update); use pc-ep or bp for w = 1")
     return None
+
+
+NUDGED_RULES = ("pc", "bpc", "ipc")
+"""Rules whose nudge is beta = w / (1 - w) (undefined at w = 1)."""
 
 
 def resolve(base: dict | None = None, overrides: dict | None = None, for_run: bool = False) -> dict:

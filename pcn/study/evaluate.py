@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from pcn.core.ae import AE
-from pcn.core.energy import layer_energies
+from pcn.core.energy import energy
+from pcn.core.stepsize import inference_eta
 from pcn.core.inference import init_latents
 from pcn.fast.dispatch import infer
 from pcn.core.model import PCN
@@ -27,7 +28,7 @@ def eval_T(cfg: dict) -> int:
 def pcn_batch(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
     """Sums over the batch of correct predictions, squared errors per pixel, energies."""
     z0 = init_latents(model, x, cfg["init"])
-    z, eps = infer(model, x, z0, eval_T(cfg), cfg["eta"], momentum=cfg["momentum"])
+    z, eps = infer(model, x, z0, eval_T(cfg), inference_eta(model, cfg), momentum=cfg["momentum"])
     d = x.shape[1]
     logits = model.readout(z[-1])
     right = (logits.argmax(1) == y) & torch.isfinite(logits).all(1)  # a non-finite prediction is wrong
@@ -35,7 +36,7 @@ def pcn_batch(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[s
         "acc": right.sum(),
         "recon_mse": (eps[0] * eps[0]).sum() / d,
         "gen_mse": ((model.generate(z[-1]) - x) ** 2).sum() / d,
-        "energy": layer_energies(eps).sum(),
+        "energy": energy(model, x, z).sum(),
     }
 
 

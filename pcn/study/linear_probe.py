@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from pcn.study.evaluate import eval_T
+from pcn.core.stepsize import inference_eta
 from pcn.core.inference import init_latents
 from pcn.fast.dispatch import infer
 from pcn.core.model import N_CLASSES, PCN
@@ -46,7 +47,7 @@ def pcn_features(model: PCN, x: torch.Tensor, cfg: dict, steps: list[int], batch
 
     for i in range(0, len(x), batch):
         xb = x[i:i + batch]
-        infer(model, xb, init_latents(model, xb, cfg["init"]), max(steps), cfg["eta"],
+        infer(model, xb, init_latents(model, xb, cfg["init"]), max(steps), inference_eta(model, cfg),
               momentum=cfg["momentum"], callback=grab)
     xd = x.detach().double().cpu()
     return {t: [xd] + [torch.cat(parts) for parts in zip(*chunks)] for t, chunks in keep.items()}

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from pcn.study import data
+from pcn.core.stepsize import inference_eta
 from pcn.core.inference import init_latents
 from pcn.fast.dispatch import infer
 from pcn.core.model import PCN
@@ -157,7 +158,7 @@ def trace_table(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: d
     if not isinstance(model, PCN):
         return pd.DataFrame(columns=TRACE_COLUMNS)
     steps = record_steps(cfg["T"], T_probe, n_log)
-    rec = run_recorder(model, x, y, cfg, steps, cfg["eta"], batch)
+    rec = run_recorder(model, x, y, cfg, steps, inference_eta(model, cfg), batch)
     return pd.DataFrame(rec.rows(), columns=TRACE_COLUMNS)
 
 
@@ -179,7 +180,7 @@ def sensitivity_table(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     Ts = sensitivity_steps(cfg["T"])
     rows = []
     for k in eta_factors:
-        eta = float(k) * cfg["eta"]
+        eta = float(k) * inference_eta(model, cfg)
         for r in run_recorder(model, x, y, cfg, Ts, eta, batch).rows():
             if r["layer"] == "all" and r["metric"] in SENSITIVITY_METRICS:
                 rows.append(dict(eta_factor=float(k), eta=eta, T=r["step"], metric=r["metric"], value=r["value"]))
@@ -203,7 +204,7 @@ def image_arrays(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: 
     from pcn.study.evaluate import eval_T
 
     if isinstance(model, PCN):
-        z, eps = infer(model, x, init_latents(model, x, cfg["init"]), eval_T(cfg), cfg["eta"],
+        z, eps = infer(model, x, init_latents(model, x, cfg["init"]), eval_T(cfg), inference_eta(model, cfg),
                        momentum=cfg["momentum"])
         recon, gen = x - eps[0], model.generate(z[-1])
     else:

@@ -109,8 +109,10 @@ def build_model(cfg: dict) -> torch.nn.Module:
         return AE(cfg["layers"], cfg["ae_hidden_activation"], seed=cfg["seed"])
     if cfg["model"] == "cre":
         return CRE(cfg["cre_size"], cfg["latent"], seed=cfg["seed"])
+    bpc = cfg.get("rule") == "bpc"      # its bottom-up weights are part of the energy
     return PCN(cfg["layers"], cfg["activation"], prior=cfg["prior"],
-               amortised=cfg["init"] == "amortised", seed=cfg["seed"])
+               amortised=cfg["init"] == "amortised" or bpc, seed=cfg["seed"],
+               bottom_up=float(cfg.get("bu_weight", 1.0)) if bpc else 0.0)
 
 
 def _model_from(blob: dict, key: str, path: Path) -> torch.nn.Module:

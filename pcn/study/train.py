@@ -14,6 +14,7 @@ where it happened.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from pcn.study.store import atomic_save, build_model, write_text
 from pcn.fast.rules import rule
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_energy", "train_ce", "train_acc", "val_acc", "test_acc",
-                  "recon_mse", "gen_mse", "energy", "seconds", "diverged"]
+                  "recon_mse", "gen_mse", "energy", "train_settle", "seconds", "diverged"]
 ALIGN_COLUMNS = ["epoch", "layer", "metric", "value"]
 ALIGN_BATCH = 128  # the first 128 training images: the fixed batch of the alignment log
 # Keys that say where data lives, not what is computed: they may change on resume.
@@ -67,8 +68,26 @@ def build_scheduler(cfg: dict, opt: torch.optim.Optimizer, n_batches: int):
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"] * n_batches)
 
 
-def grads_fn(cfg: dict) -> Callable:
-    return ae_grads if cfg["model"] in ("ae", "cre") else rule(cfg["rule"])
+def grads_fn(cfg: dict, weight_step: Callable[[], None] | None = None) -> Callable:
+    """The batch-gradient function of a run; ``ipc`` also gets the optimiser's ``weight_step``
+    (it steps the weights inside inference)."""
+    if cfg["model"] in ("ae", "cre"):
+        return ae_grads
+    fn = rule(cfg["rule"])
+    return functools.partial(fn, weight_step=weight_step) if cfg["rule"] == "ipc" else fn
+
+
+@torch.no_grad()
+def cap_weights(model: torch.nn.Module, cap: float | None) -> None:
+    """W <- W min(1, cap / ||W||_2) for every generative W_l of a pcn (and the bottom-up V_l of a
+    model whose energy has them); nothing when ``cap`` is None."""
+    if cap is None or not isinstance(model, PCN):
+        return
+    mats = list(model.W) + (list(model.V) if model.bottom_up > 0 else [])
+    for w in mats:
+        n = float(torch.linalg.matrix_norm(w, ord=2))
+        if n > cap:
+            w.mul_(cap / n)
 
 
 def _mps_available() -> bool:
@@ -310,12 +329,17 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
     elif damaged:
         log("WARNING: no intact checkpoint left; starting from scratch")
 
-    step = grads_fn(cfg)
+    def weight_step() -> None:
+        opt.step()
+        cap_weights(model, cfg.get("weight_cap"))
+
+    step = grads_fn(cfg, weight_step)
     diverged_at: tuple[int, int] | None = None
     for epoch in range(start_epoch, cfg["epochs"] + 1):
         t0 = time.perf_counter()
         order = epoch_order(n, cfg["seed"], epoch).to(train_x.device)
         sums = {"loss": 0.0, "energy": 0.0, "ce": 0.0}
+        settle_sum = 0.0
         for b in range(n_batches):
             idx = order[b * B:(b + 1) * B]
             terms = step(model, train_x[idx].to(dev, non_blocking=True), train_y[idx].to(dev, non_blocking=True), cfg)
@@ -323,10 +347,11 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
             if not all(math.isfinite(v) for v in vals.values()):
                 diverged_at = (epoch, b)
                 break
-            opt.step()
+            weight_step()
             sched.step()
             for k in sums:
                 sums[k] += vals[k]
+            settle_sum += float(terms["settle"]) if "settle" in terms else float("nan")
             if n_batches >= 200 and (b + 1) % (n_batches // 4) == 0 and b + 1 < n_batches:
                 log(f"  epoch {epoch} batch {b + 1}/{n_batches} loss {sums['loss'] / (b + 1):.4f}")
         seconds = time.perf_counter() - t0
@@ -338,7 +363,7 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
         row = {"epoch": epoch, "train_loss": sums["loss"] / max(done, 1), "train_energy": sums["energy"] / max(done, 1),
                "train_ce": sums["ce"] / max(done, 1), "train_acc": tr["acc"], "val_acc": va["acc"],
                "test_acc": te["acc"], "recon_mse": te["recon_mse"], "gen_mse": te["gen_mse"],
-               "energy": te["energy"], "seconds": seconds, "diverged": diverged_at is not None}
+               "energy": te["energy"], "train_settle": settle_sum / max(done, 1), "seconds": seconds, "diverged": diverged_at is not None}
         rows.append(row)
         _write_csv(out / "metrics.csv", rows, METRIC_COLUMNS)
         if not diverged_at:
