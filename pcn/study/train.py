@@ -386,7 +386,7 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
     last = rows[-1] if rows else {}
     final = dict(cfg)
     final.update({k: _clean(last.get(k, float("nan"))) for k in
-                  ("train_acc", "val_acc", "test_acc", "recon_mse", "gen_mse", "energy")})
+                  ("train_acc", "val_acc", "test_acc", "recon_mse", "gen_mse", "energy", "train_settle")})
     final.update({"wall_s": elapsed, "epochs_done": len(rows) - (1 if diverged_at else 0),
                   "diverged": diverged_at is not None,
                   "diverged_epoch": diverged_at[0] if diverged_at else None,
