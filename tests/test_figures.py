@@ -72,7 +72,7 @@ def _write_run(d: Path, model: str, w: float, seed: int, diverged: bool, clamped
         c.mkdir()
         rows = [("classify", "all", "acc", acc), ("generate", "all", "self_acc", 0.6),
                 ("generate", "all", "p_class", 0.8), ("complete", "all", "completion_mse", 0.12),
-                ("complete", "all", "mean_image_mse", 0.25)]
+                ("complete", "all", "mean_image_mse", 0.25), ("complete", "all", "pca_mse", 0.13)]
         pd.DataFrame(rows, columns=["mode", "label", "metric", "value"]).to_csv(c / "clamp.csv", index=False)
         np.save(c / "generated.npy", rng.uniform(-1, 1, (10, D)).astype(np.float32))
         occluded = x.copy()
@@ -216,7 +216,7 @@ def test_probe_figures_mark_diverged_runs(fake):
         assert "1 diverged run (x)" in _axes_texts(fig)  # pcn pc w=0.5 seed 1
         figures.plt.close(fig)
     fig = figures.images(t["images"], t["summary"], t["clamp"])
-    assert "self-classified 60%" in _axes_texts(fig) and "MSE 0.120 (mean img 0.250)" in _axes_texts(fig)
+    assert "self-classified 60%" in _axes_texts(fig) and "MSE 0.120 (mean img 0.250, PCA 0.130)" in _axes_texts(fig)
     figures.plt.close(fig)
 
 

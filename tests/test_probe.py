@@ -195,14 +195,14 @@ def test_latent_energy_leaves_out_the_data_layer():
 def test_completion_with_everything_visible_is_plain_inference(loaded):
     model, cfg, ds = loaded
     x = ds.test.x[:20]
-    xc, mu0, z = clamp.complete(model, cfg, x, torch.ones(784, dtype=torch.bool), x.mean(0), 6)
+    xc, mu0, z, settle, change = clamp.complete(model, cfg, x, torch.ones(784, dtype=torch.bool), x.mean(0), 6)
     ref, eps = infer(model, x, init_latents(model, x, cfg["init"]), 6, cfg["eta"])
     assert torch.equal(xc, x)
     torch.testing.assert_close(z[-1], ref[-1])
     torch.testing.assert_close(mu0, x - errors(model, x, ref)[0])
 
 
-def test_clamp_outputs(loaded, tmp_path):
+def test_clamp_outputs(loaded, tmp_path, one_thread):
     model, cfg, ds = loaded
     df = clamp.run_clamp(model, cfg, ds.train.x[:300], ds.test.x[:200], ds.test.y[:200], tmp_path, steps=40)
     for f in ("clamp.csv", "generated.png", "completion.png", "generated.npy", "clamp_images.npz"):
@@ -216,7 +216,11 @@ def test_clamp_outputs(loaded, tmp_path):
     assert npz["completed"].shape == (10, 784) and np.isnan(npz["occluded"][:, 392:]).all()
     np.testing.assert_array_equal(npz["completed"][:, :392], npz["original"][:, :392])
     c = df[df["mode"] == "complete"].set_index("metric").value
-    assert 0 < c["completion_mse"] < 2 and 0 < c["mean_image_mse"] < 1
+    assert set(c.index) == {"completion_mse", "pixel_latent_mse", "mean_image_mse", "pca_mse", "pca_ls_mse",
+                            "pca_ridge", "vs_pca", "beats_pca", "settle", "completion_change", "acc"}
+    assert 0 < c["completion_mse"] < 2 and 0 < c["mean_image_mse"] < 1 and 0 < c["pca_mse"] < c["mean_image_mse"]
+    assert c["pca_ridge"] in clamp.RIDGE_GRID and c["beats_pca"] == float(c["completion_mse"] < c["pca_mse"])
+    assert c["vs_pca"] == pytest.approx(c["completion_mse"] / c["pca_mse"]) and 0 < c["settle"] < 0.1
     acc = df[(df["mode"] == "classify") & (df.label == "all")].value.item()
     assert acc == pytest.approx(evaluate(model, ds.test.x[:200], ds.test.y[:200], cfg, torch.device("cpu"))["acc"])
 
@@ -263,6 +267,7 @@ def test_cli_on_a_diverged_run_writes_nan_not_errors(diverged_run, tmp_path):
     assert lp.probe_acc.loc[0] > 0.5 and lp.probe_acc.loc[[1, 2]].isna().all()
     c = t["clamp"].set_index(["mode", "label", "metric"]).value
     assert c[("classify", "all", "acc")] == 0.0 and np.isnan(c[("complete", "all", "completion_mse")])
+    assert np.isnan(c[("complete", "all", "beats_pca")]) and np.isfinite(c[("complete", "all", "pca_mse")])
     assert not np.isfinite(t["images"]["recon"]).all() and np.isfinite(t["images"]["x"]).all()
 
 

@@ -632,7 +632,8 @@ def images(table: dict, summary: pd.DataFrame | None = None, clamp: pd.DataFrame
 
 def _clamp_notes(clamp: pd.DataFrame | None) -> dict:
     """{(run, kind): short text} from the clamp table: self-classification of the generated
-    images and completion MSE against the mean-image baseline."""
+    images and completion MSE on the hidden pixels against the mean-image and (where the table
+    has it) PCA baselines."""
     if clamp is None or clamp.empty or "run" not in clamp:
         return {}
     c = clamp[clamp["label"].astype(str) == "all"]
@@ -642,8 +643,9 @@ def _clamp_notes(clamp: pd.DataFrame | None) -> dict:
         if ("generate", "self_acc") in v:
             notes[(run, "generated")] = f"self-classified {v[('generate', 'self_acc')]:.0%}"
         if ("complete", "completion_mse") in v:
+            pca = f", PCA {v[('complete', 'pca_mse')]:.3f}" if ("complete", "pca_mse") in v else ""
             notes[(run, "completed")] = (f"MSE {v[('complete', 'completion_mse')]:.3f} "
-                                         f"(mean img {v.get(('complete', 'mean_image_mse'), float('nan')):.3f})")
+                                         f"(mean img {v.get(('complete', 'mean_image_mse'), float('nan')):.3f}{pca})")
     return notes
 
 
