@@ -139,7 +139,7 @@ def generate_from_labels(model: PCN, cfg: dict, m: torch.Tensor, steps: int,
     y = torch.arange(N_CLASSES, device=m.device)
     start = model.prior_mean if model.prior_mean is not None else m
     z = [zl.detach() for zl in top_down(model, start.detach().expand(N_CLASSES, -1).clone())]
-    vel = None
+    vel, eta = None, inference_eta(model, cfg)
     for _ in range(steps):
         with torch.enable_grad():
             zr = [zl.requires_grad_(True) for zl in z]
@@ -147,7 +147,7 @@ def generate_from_labels(model: PCN, cfg: dict, m: torch.Tensor, steps: int,
             if model.prior_mean is None:
                 Fv = Fv + 0.5 * ((zr[-1] - m) ** 2).sum(1)
             g = torch.autograd.grad(Fv.sum(), zr)
-        z, vel = _step([zl.detach() for zl in z], list(g), vel, cfg["eta"], cfg["momentum"])
+        z, vel = _step([zl.detach() for zl in z], list(g), vel, eta, cfg["momentum"])
     with torch.no_grad():
         return model.generate(z[-1]), z
 
@@ -215,9 +215,10 @@ def complete(model: PCN, cfg: dict, x: torch.Tensor, visible: torch.Tensor, fill
     xc = torch.where(visible, x, fill)
     z, vel = list(init_latents(model, xc, cfg["init"])), None
     settle = change = float("nan")
+    eta = inference_eta(model, cfg)
     for t in range(steps):
         eps = errors(model, xc, z)
-        z_new, vel = _step(z, latent_grad(model, z, eps), vel, cfg["eta"], cfg["momentum"])
+        z_new, vel = _step(z, latent_grad(model, z, eps), vel, eta, cfg["momentum"])
         xc_new = xc - pixel_step * eps[0] * hid_weight
         if t == steps - 1:
             mu_new = xc_new - errors(model, xc_new, z_new)[0]
