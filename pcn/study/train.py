@@ -27,6 +27,7 @@ import torch
 
 from pcn.core.ae import ae_grads
 from pcn.core.model import PCN
+from pcn.core.stepsize import spectral_norm
 from pcn.errors import PcnError, UsageError
 from pcn.study import config as config_mod
 from pcn.study import data, provenance, store
@@ -85,7 +86,7 @@ def cap_weights(model: torch.nn.Module, cap: float | None) -> None:
         return
     mats = list(model.W) + (list(model.V) if model.bottom_up > 0 else [])
     for w in mats:
-        n = float(torch.linalg.matrix_norm(w, ord=2))
+        n = spectral_norm(w)
         if n > cap:
             w.mul_(cap / n)
 
