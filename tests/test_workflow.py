@@ -292,6 +292,32 @@ def test_train_by_model_overrides(tmp_path):
         assert res.returncode != 0 and key in res.stdout, res.stdout[-2000:]
 
 
+def test_train_by_rule_and_init_overrides(tmp_path):
+    """`train_by_rule` and `train_by_init` set training keys for the pcn runs of one rule / one
+    inference arm only (after `train_by_model`; the grid wins); ae runs take neither; an unknown
+    rule or init there stops the workflow at parse time."""
+    grid = {**GOOD_GRID, "model": ["pcn", "ae"], "rule": ["pc", "bpc"], "init": ["amortised", "zeros"]}
+    cfg = {"data_dir": DATA_TEMPLATE, "train": {"epochs": 3}, "grid": grid,
+           "train_by_rule": {"bpc": {"bu_weight": 100, "eta_mode": "safe"}},
+           "train_by_init": {"zeros": {"T": 50}}}
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg))
+    point = {k: v[0] for k, v in GOOD_GRID.items()}
+    runs = {(m, r, i): run_dir({**point, "model": m, "rule": r, "init": i})
+            for m, r, i in (("pcn", "pc", "amortised"), ("pcn", "bpc", "zeros"), ("ae", "bp", "amortised"))}
+    res = snakemake(*[f"results/configs/{r}.yaml" for r in runs.values()], "--cores", "1",
+                    "--configfile", "ok.yaml", cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stdout[-2000:]
+    got = {k: yaml.safe_load((tmp_path / "results" / "configs" / f"{r}.yaml").read_text()) for k, r in runs.items()}
+    bpc, pc, ae = got[("pcn", "bpc", "zeros")], got[("pcn", "pc", "amortised")], got[("ae", "bp", "amortised")]
+    assert (bpc["bu_weight"], bpc["eta_mode"], bpc["T"]) == (100, "safe", 50)
+    assert not {"bu_weight", "eta_mode", "T"} & set(pc) and not {"bu_weight", "eta_mode", "T"} & set(ae)
+    for section, bad in (("train_by_rule", "pcx"), ("train_by_init", "random")):
+        bad_cfg = {**cfg, section: {bad: {"T": 5}}}
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad_cfg))
+        res = snakemake("-n", "--cores", "1", "--configfile", "bad.yaml", cwd=tmp_path, timeout=60)
+        assert res.returncode != 0 and f"{section}.{bad}" in res.stdout, res.stdout[-2000:]
+
+
 def test_gpu_resource_follows_device(tmp_path):
     """Train and probe jobs declare gpu=1 exactly when they will use CUDA."""
     cfg = {"data_dir": DATA_TEMPLATE, "device": "cuda", "grid": GOOD_GRID}

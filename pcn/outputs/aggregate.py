@@ -145,18 +145,20 @@ def factor_columns(summary: pd.DataFrame) -> list[str]:
     """Key factors plus every training-config column that differs between runs of the same model.
 
     Where the data lives (``data_dir``, ``data_root``) is not a factor, nor is a key that is
-    constant within each model (e.g. the cre runs' own batch size, set by the workflow's
-    ``train_by_model``): the model already tells those runs apart.
+    constant within each model x rule x init (e.g. the cre runs' own batch size, or bpc's
+    bu_weight, set by the workflow's ``train_by_model`` / ``train_by_rule`` / ``train_by_init``):
+    those factors already tell the runs apart.
     """
     from pcn.study.config import defaults
 
     config_keys = set(defaults()) - NOT_FACTORS
     cols = [c for c in KEY_FACTORS if c in summary]
-    model = summary["model"].astype(str) if "model" in summary else pd.Series("", index=summary.index)
+    arm = [c for c in ("model", "rule", "init") if c in summary]
+    group = (summary[arm].astype(str).agg("/".join, axis=1) if arm else pd.Series("", index=summary.index))
     for c in summary.columns:
         if c not in config_keys or c in cols:
             continue
-        if len(summary) and summary[c].astype(str).groupby(model).nunique(dropna=False).max() > 1:
+        if len(summary) and summary[c].astype(str).groupby(group).nunique(dropna=False).max() > 1:
             cols.append(c)
     return cols
 

@@ -32,6 +32,8 @@ PYTHONPATH = os.pathsep.join([REPO, *filter(None, [os.environ.get("PYTHONPATH")]
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(PYTHONPATH)}; ")
 
 RUNS_ROOT = "results/runs"
+# Sections of training overrides for the runs with one value of a factor, applied in this order.
+BY_SECTIONS = {"train_by_model": "model", "train_by_rule": "rule", "train_by_init": "init"}
 SCHEMA = str(Path(workflow.basedir, "schemas", "config.schema.yaml"))
 
 
@@ -110,18 +112,19 @@ def _read_config():
             k: pcn_config.from_text(v) if isinstance(v, (dict, str)) else v
             for k, v in config["resources"].items()
         }
-    # Per-model training keys, typed like `train`.
-    if isinstance(config.get("train_by_model"), dict):
-        config["train_by_model"] = {
-            m: (
-                {k: _typed(v, k) for k, v in keys.items()}
-                if isinstance(keys, dict)
-                else keys
-            )
-            for m, keys in config["train_by_model"].items()
-        }
+    # Per-model / per-rule / per-init training keys, typed like `train`.
+    for section in BY_SECTIONS:
+        if isinstance(config.get(section), dict):
+            config[section] = {
+                m: (
+                    {k: _typed(v, k) for k, v in keys.items()}
+                    if isinstance(keys, dict)
+                    else keys
+                )
+                for m, keys in config[section].items()
+            }
     train = copy.deepcopy(config.get("train"))
-    by_model = copy.deepcopy(config.get("train_by_model"))
+    by = {section: copy.deepcopy(config.get(section)) for section in BY_SECTIONS}
     try:
         validate(config, SCHEMA)
     except WorkflowError as err:
@@ -134,7 +137,8 @@ def _read_config():
     # The training schema's defaults stay in pcn/train_schema.yaml: each run's config
     # file lists only the keys the workflow config sets (pcn train fills in the rest).
     config["train"] = train if train is not None else {}
-    config["train_by_model"] = by_model if by_model is not None else {}
+    for section, value in by.items():
+        config[section] = value if value is not None else {}
 
 
 def _describe(err):
@@ -218,20 +222,28 @@ def _build_runs(cfg):
         pcn_config.resolve(base, {})
     except pcn_config.ConfigError as err:
         raise config_error(f"invalid 'train' section of the workflow config: {err}")
-    # Per-model training overrides (e.g. the cre reference setting), between `train` and the grid point.
-    by_model = cfg.get("train_by_model") or {}
-    models = pcn_config.schema()["properties"]["model"]["enum"]
-    for model, keys in by_model.items():
-        if model not in models or not isinstance(keys, dict):
-            raise config_error(
-                f"config key 'train_by_model.{model}': must be a model ({', '.join(models)}) "
-                "mapped to training keys"
-            )
+    # Per-model, per-rule and per-init training overrides (e.g. the cre reference setting),
+    # applied in that order between `train` and the grid point.
+    by = {section: cfg.get(section) or {} for section in BY_SECTIONS}
+    for section, overrides in by.items():
+        factor = BY_SECTIONS[section]
+        allowed = pcn_config.schema()["properties"][factor]["enum"]
+        for value, keys in overrides.items():
+            if value not in allowed or not isinstance(keys, dict):
+                raise config_error(
+                    f"config key '{section}.{value}': must be a {factor} ({', '.join(allowed)}) "
+                    "mapped to training keys"
+                )
 
     factors_of, config_of = {}, {}
     for combo in itertools.product(*grid.values()):
         factors = dict(zip(grid, combo))
-        run_base = {**base, **by_model.get(factors["model"], {})}
+        run_base = dict(base)
+        for section, factor in BY_SECTIONS.items():
+            if factor != "model" and factors["model"] != "pcn":
+                continue  # ae and cre runs ignore rule and init, so their overrides too
+            value = factors.get(factor, base.get(factor, pcn_config.defaults()[factor]))
+            run_base.update(by[section].get(value, {}))
         if pcn_config.undefined_point({**pcn_config.defaults(), **run_base, **factors}):
             continue  # e.g. rule pc at w = 1 (pcn.study.config.undefined_point says why)
         try:
