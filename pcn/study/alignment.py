@@ -10,8 +10,10 @@ Theory: at w = 0 and an inference run to a fixed point (dE/dz = 0), the envelope
 dE(z*(theta), theta)/dtheta = dE/dtheta|_{z*}, i.e. the two agree exactly; for small w they
 agree to first order in w.  Away from equilibrium (small T) they differ.
 
-Compared: W_l and b_l for l = 0..L-1 (the readout C, c trains on its own probe CE under both
-rules, and the amortiser has different objectives under the two rules, so neither is compared).
+Compared: W_l and b_l for l = 0..L-1, and for ``bpc`` also the bottom-up V_l, a_l (part of its
+energy; ``cos_V`` rows, and in layer "all").  The readout C, c trains on its own probe CE under
+every rule, and the amortiser of the other rules has different objectives under the local rule
+and bp, so neither is compared.
 """
 from __future__ import annotations
 
@@ -51,7 +53,10 @@ def rule_grads(rule, model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) ->
     rule(m, x, y, cfg)
     out = {}
     for l in range(m.L):
-        for name, p in ((f"W.{l}", m.W[l]), (f"b.{l}", m.b[l])):
+        pairs = [(f"W.{l}", m.W[l]), (f"b.{l}", m.b[l])]
+        if m.bottom_up > 0:               # bpc: the bottom-up weights are part of the energy
+            pairs += [(f"V.{l}", m.V[l]), (f"a.{l}", m.a[l])]
+        for name, p in pairs:
             out[name] = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
     return out
 
@@ -81,6 +86,8 @@ def grad_alignment(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> l
         rows += [dict(layer=str(l), metric="cos_W", value=_cosine(pc[W], bp[W])),
                  dict(layer=str(l), metric="cos_b", value=_cosine(pc[b], bp[b])),
                  dict(layer=str(l), metric="norm_ratio_W", value=_ratio(pc[W], bp[W]))]
+        if f"V.{l}" in pc:
+            rows.append(dict(layer=str(l), metric="cos_V", value=_cosine(pc[f"V.{l}"], bp[f"V.{l}"])))
     flat_pc = torch.cat([g.flatten() for g in pc.values()])
     flat_bp = torch.cat([g.flatten() for g in bp.values()])
     rows.append(dict(layer="all", metric="cos", value=_cosine(flat_pc, flat_bp)))
