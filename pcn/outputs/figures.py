@@ -456,7 +456,8 @@ def probes(lp: pd.DataFrame, summary: pd.DataFrame | None = None,
 
 
 def alignment(al: pd.DataFrame, summary: pd.DataFrame | None = None) -> plt.Figure:
-    """PC-vs-BP gradient alignment over training: cosine between the PC weight update and the
+    """Local-vs-BP gradient alignment over training: cosine between the run's local rule's weight
+    update (pc for bp runs) and the
     BP gradient of the same objective (logged each epoch on a fixed batch), for all weights
     together (top row) and per layer W_l; one column per rule, one colour per CE weight."""
     df = _layers(_prepare(_numeric(_join_summary(al, summary, drop_ae=True), ["value", "epoch"]),
@@ -481,7 +482,7 @@ def alignment(al: pd.DataFrame, summary: pd.DataFrame | None = None) -> plt.Figu
                     ax.text(0.02, 0.1, undefined, transform=ax.transAxes, fontsize=7, color="0.3",
                             bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
         _legend(axes[0][j], "CE weight")
-    return _finish(fig, "PC update vs BP gradient of the same objective over training "
+    return _finish(fig, "local-rule update vs BP gradient of the same objective over training "
                         "(cosine; mean ± sd over seeds; dashed/x = diverged)")
 
 
