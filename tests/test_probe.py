@@ -220,7 +220,8 @@ def test_clamp_outputs(loaded, tmp_path, one_thread):
                             "pca_ridge", "vs_pca", "beats_pca", "settle", "completion_change", "acc"}
     assert 0 < c["completion_mse"] < 2 and 0 < c["mean_image_mse"] < 1 and 0 < c["pca_mse"] < c["mean_image_mse"]
     assert c["pca_ridge"] in clamp.RIDGE_GRID and c["beats_pca"] == float(c["completion_mse"] < c["pca_mse"])
-    assert c["vs_pca"] == pytest.approx(c["completion_mse"] / c["pca_mse"]) and 0 < c["settle"] < 0.1
+    # settle is finite and small-ish here (few steps on a tiny model); tests/test_clamp.py checks settling itself
+    assert c["vs_pca"] == pytest.approx(c["completion_mse"] / c["pca_mse"]) and 0 < c["settle"] < 0.5
     acc = df[(df["mode"] == "classify") & (df.label == "all")].value.item()
     assert acc == pytest.approx(evaluate(model, ds.test.x[:200], ds.test.y[:200], cfg, torch.device("cpu"))["acc"])
 
