@@ -33,7 +33,11 @@ shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(PYTHONPATH)}; "
 
 RUNS_ROOT = "results/runs"
 # Sections of training overrides for the runs with one value of a factor, applied in this order.
-BY_SECTIONS = {"train_by_model": "model", "train_by_rule": "rule", "train_by_init": "init"}
+BY_SECTIONS = {
+    "train_by_model": "model",
+    "train_by_rule": "rule",
+    "train_by_init": "init",
+}
 SCHEMA = str(Path(workflow.basedir, "schemas", "config.schema.yaml"))
 
 
