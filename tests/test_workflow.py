@@ -82,7 +82,7 @@ def test_run_dir_order_and_roundtrip():
 # --------------------------------------------------------------------------- dry runs
 @pytest.mark.parametrize(
     "configfile, train_jobs, probe_jobs, data_jobs",
-    [(None, 28, 22, 1), ("config/test.yaml", 5, 3, 1), ("config/thesis.yaml", 204, 132, 2)],
+    [(None, 28, 22, 1), ("config/test.yaml", 5, 3, 1), ("config/thesis.yaml", 396, 324, 2)],
 )
 def test_dry_run_shipped_configs(configfile, train_jobs, probe_jobs, data_jobs):
     args = ["-n", "-F", "--cores", "2", "--nolock", "-p"]
