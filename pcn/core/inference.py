@@ -3,9 +3,6 @@
     F(z) = E(z; x) + beta CE(C z_L + c, y)            (beta = 0 or y = None: F = E)
     v <- m v + dF/dz;   z <- z - eta v                 (m = 0: plain gradient descent)
 
-eta is one number, or one per latent layer (eta_l for z_l: a diagonal preconditioner, which
-leaves the fixed points unchanged; ``pcn.core.stepsize`` sets them from a curvature bound).
-
 with dE/dz from ``pcn.core.energy.latent_grad``; all layers are updated from the same state
 z^t (a simultaneous, Jacobi-style step).  Written plainly, one layer at a time and out of
 place, so that the same code runs without autograd (``pc``, evaluation, probing) and with it,
@@ -73,7 +70,7 @@ def objective_grad(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eps: list
 
 
 def step(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eps: list[torch.Tensor],
-         v: Optional[list[torch.Tensor]], eta: float | list[float], y: Optional[torch.Tensor] = None, beta: float = 0.0,
+         v: Optional[list[torch.Tensor]], eta: float, y: Optional[torch.Tensor] = None, beta: float = 0.0,
          momentum: float = 0.0) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
     """One inference step from z (with errors eps = errors(z)): returns (z', v').
 
@@ -83,8 +80,7 @@ def step(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eps: list[torch.Ten
     if momentum > 0:
         v = [momentum * vl + gl for vl, gl in zip(v, g)] if v is not None else g
         g = v
-    etas = eta if isinstance(eta, (list, tuple)) else [eta] * len(z)
-    return [zl - el * gl for zl, el, gl in zip(z, etas, g)], v
+    return [zl - eta * gl for zl, gl in zip(z, g)], v
 
 
 def infer_state(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float,

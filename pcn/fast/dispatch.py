@@ -33,25 +33,23 @@ def note_reference(what: str) -> None:
               file=sys.stderr, flush=True)
 
 
-def unsupported(model: PCN, eta, beta: float) -> str | None:
+def unsupported(model: PCN, beta: float) -> str | None:
     """What of an inference no fast path covers (None if they all apply): the bottom-up energy
-    (``bpc``), per-layer step sizes, the negative nudge of ``pc-ep``."""
+    (``bpc``) and the negative nudge of ``pc-ep``."""
     if getattr(model, "bottom_up", 0.0) > 0:
         return "inference with a bottom-up energy (bpc)"
-    if isinstance(eta, (list, tuple)):
-        return "inference with per-layer step sizes"
     if beta < 0:
         return "inference with a negative nudge"
     return None
 
 
-def infer_state(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float | list[float],
+def infer_state(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float,
                 y: Optional[torch.Tensor] = None, beta: float = 0.0, momentum: float = 0.0,
                 callback: Optional[StepCallback] = None) -> State:
     """``pcn.core.inference.infer_state`` on the fastest path that applies."""
     if OPTIONS.get("reference"):
         return reference.infer_state(model, x, z0, T, eta, y, beta, momentum, callback)
-    why = unsupported(model, eta, beta)
+    why = unsupported(model, beta)
     if why:
         note_reference(why)
         return reference.infer_state(model, x, z0, T, eta, y, beta, momentum, callback)
@@ -71,7 +69,7 @@ def infer_state(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta
     return stacked_loop(model, x, z0, T, eta, y, beta, momentum, callback)[0]
 
 
-def infer(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float | list[float],
+def infer(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta: float,
           y: Optional[torch.Tensor] = None, beta: float = 0.0, momentum: float = 0.0,
           callback: Optional[StepCallback] = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``infer_state`` returning only (z^T, eps(z^T))."""
