@@ -72,16 +72,19 @@ def settle(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eta: float, y: to
     return relative_update(z_next, z)
 
 
-def _phases(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict, beta: float):
-    """Free inference from z^0 (T steps on E), then the nudged one (T steps on E + (beta / s) CE)
-    continued from the free latents; returns (z0, free, nudged, eta)."""
-    s = energy_scale(model, cfg["energy_norm"])
-    T, m = cfg["T"], cfg["momentum"]
+def _free_phase(model: PCN, x: torch.Tensor, cfg: dict) -> tuple[list, list, float]:
+    """The run's step size and z^0, and the free inference from it (T steps on E, no label);
+    returns (z0, free latents, eta)."""
     eta = inference_eta(model, cfg)
     z0 = inference.init_latents(model, x, cfg["init"])
-    free, _ = inference.infer(model, x, z0, T, eta, momentum=m)
-    z = inference.infer(model, x, free, T, eta, y=y, beta=beta / s, momentum=m)[0] if beta != 0 else free
-    return z0, free, z, eta
+    free, _ = inference.infer(model, x, z0, cfg["T"], eta, momentum=cfg["momentum"])
+    return z0, free, eta
+
+
+def _nudged(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict, start: list, eta: float,
+            beta: float) -> list[torch.Tensor]:
+    """T steps on E + beta CE from ``start`` (beta already divided by s)."""
+    return inference.infer(model, x, start, cfg["T"], eta, y=y, beta=beta, momentum=cfg["momentum"])[0]
 
 
 def _local_backward(model: PCN, x: torch.Tensor, y: torch.Tensor, s: float, terms: list[tuple[float, list]],
@@ -111,7 +114,8 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
     s = energy_scale(model, cfg["energy_norm"])
     beta = nudge_strength(w, cfg.get("rule", "pc"))
     with torch.no_grad():
-        _, free, z, eta = _phases(model, x, y, cfg, beta)
+        _, free, eta = _free_phase(model, x, cfg)
+        z = _nudged(model, x, y, cfg, free, eta, beta / s) if beta > 0 else free
     out = _local_backward(model, x, y, s, [(1.0, z)], free, z)
     with torch.no_grad():
         out["settle"] = torch.tensor(settle(model, x, z, eta, y, beta / s))
@@ -144,15 +148,11 @@ def ep_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
     reaches); the readout probe trains on them."""
     w, b = float(cfg["ce_weight"]), float(cfg["ep_beta"])
     s = energy_scale(model, cfg["energy_norm"])
-    T, m = cfg["T"], cfg["momentum"]
     with torch.no_grad():
-        eta = inference_eta(model, cfg)
-        z0 = inference.init_latents(model, x, cfg["init"])
-        free, _ = inference.infer(model, x, z0, T, eta, momentum=m)
+        _, free, eta = _free_phase(model, x, cfg)
         terms = [(1.0 - w, free)]
         if w > 0:
-            plus, _ = inference.infer(model, x, free, T, eta, y=y, beta=b / s, momentum=m)
-            minus, _ = inference.infer(model, x, free, T, eta, y=y, beta=-b / s, momentum=m)
+            plus, minus = (_nudged(model, x, y, cfg, free, eta, sign * b / s) for sign in (1, -1))
             terms += [(w / (2 * b), plus), (-w / (2 * b), minus)]
     out = _local_backward(model, x, y, s, terms, free, free)
     with torch.no_grad():
@@ -176,9 +176,7 @@ def ipc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
     beta = nudge_strength(w, "ipc") / s
     T, m = cfg["T"], cfg["momentum"]
     with torch.no_grad():
-        eta = inference_eta(model, cfg)
-        z0 = inference.init_latents(model, x, cfg["init"])
-        free, _ = inference.infer(model, x, z0, T, eta, momentum=m)
+        z0, free, eta = _free_phase(model, x, cfg)
     gen = model.generative_parameters()
     acc = [torch.zeros_like(p) for p in gen]
     z, v = list(z0), None
