@@ -82,7 +82,7 @@ def test_run_dir_order_and_roundtrip():
 # --------------------------------------------------------------------------- dry runs
 @pytest.mark.parametrize(
     "configfile, train_jobs, probe_jobs, data_jobs",
-    [(None, 28, 22, 1), ("config/test.yaml", 5, 3, 1), ("config/thesis.yaml", 396, 324, 2)],
+    [(None, 28, 22, 1), ("config/test.yaml", 5, 3, 1), ("config/thesis.yaml", 468, 396, 2)],
 )
 def test_dry_run_shipped_configs(configfile, train_jobs, probe_jobs, data_jobs):
     args = ["-n", "-F", "--cores", "2", "--nolock", "-p"]
@@ -556,11 +556,9 @@ def test_parquet_tables_and_docs_example(tables, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["tradeoff", "ce_weight", "inference", "curves"])  # the others: tests/test_figures.py
 def test_figures_from_tables(tables, tmp_path, name):
-    t0 = time.time()
     png, pdf = figures.draw(name, {k: tables[k] for k in ("summary", "curves", "traces")}, tmp_path / f"{name}.png")
     assert png.stat().st_size > 10_000 and pdf.stat().st_size > 5_000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
-    assert time.time() - t0 < 20
 
 
 def test_figure_cli_redraws_from_csv(tables, tmp_path):

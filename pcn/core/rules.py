@@ -161,6 +161,21 @@ def ep_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
     return out
 
 
+def bpc_ep_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
+    """The contrastive rule of ``pc-ep`` on the energy of ``bpc`` (``bpc-ep``): free phase, then
+    symmetric nudged phases +-ep_beta from it, on E = E_td + alpha E_bu, and
+
+        dtheta = (1 - w) s dE/dtheta(z*_0) + w [s dE/dtheta(z*_+) - s dE/dtheta(z*_-)] / (2 beta_ep)
+
+    for W, b and the bottom-up V, a alike.  A small nudge keeps the estimate at the gradient of
+    CE at the free point; ``bpc``'s nudge beta = w / (1 - w) is large and evaluates dCE/dz_L
+    near the nudged, already classified point instead, which weighs down misclassified
+    examples (docs/methods.md)."""
+    if model.bottom_up <= 0:
+        raise ValueError("rule 'bpc-ep' needs a model with a bottom-up term (bottom_up = bu_weight > 0)")
+    return ep_grads(model, x, y, cfg)
+
+
 def ipc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
               weight_step: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
     """Incremental PC (``ipc``, Salvatori et al.): the nudged inference of ``pc`` (from z^0, on
@@ -225,6 +240,7 @@ def bp_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
     return {"loss": loss.detach(), "energy": E.detach(), "ce": ce.detach()}
 
 
-RULES = {"pc": pc_grads, "bp": bp_grads, "pc-ep": ep_grads, "bpc": bpc_grads, "ipc": ipc_grads}
-LOCAL = ("pc", "pc-ep", "bpc", "ipc")
+RULES = {"pc": pc_grads, "bp": bp_grads, "pc-ep": ep_grads, "bpc": bpc_grads, "bpc-ep": bpc_ep_grads,
+         "ipc": ipc_grads}
+LOCAL = ("pc", "pc-ep", "bpc", "bpc-ep", "ipc")
 """The local rules: no gradient through the inference trajectory."""

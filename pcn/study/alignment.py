@@ -2,9 +2,9 @@
 between a local rule's weight update and the BP gradient of the same objective
 (``pcn.core.rules.bp_grads``: d/dtheta [(1 - w) s E(z^T) + w CE(z^T_L)] through the unrolled
 inference), per generative layer.  The local rule is the run's own (``pc``, ``pc-ep``, ``bpc``,
-``ipc``; ``pc`` for ``bp`` runs).  ``pc``, ``bpc`` and ``ipc`` follow s dE/dtheta at latents
+``bpc-ep``, ``ipc``; ``pc`` for ``bp`` runs).  ``pc``, ``bpc`` and ``ipc`` follow s dE/dtheta at latents
 nudged by beta = w / (1 - w), the update of E + beta CE; scaled by (1 - w) it is the update of
-(1 - w) s E + w CE.  ``pc-ep``'s update estimates that gradient itself (no scaling).
+(1 - w) s E + w CE.  ``pc-ep``'s and ``bpc-ep``'s updates estimate that gradient itself (no scaling).
 
 Theory: at w = 0 and an inference run to a fixed point (dE/dz = 0), the envelope theorem gives
 dE(z*(theta), theta)/dtheta = dE/dtheta|_{z*}, i.e. the two agree exactly; for small w they
@@ -64,7 +64,8 @@ def rule_grads(rule, model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) ->
 def grad_alignment(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> list[dict]:
     """Rows (layer, metric, value): per generative layer l the cosines cos_W, cos_b between the
     pc update and the bp gradient (both as descent directions' negatives, i.e. gradients), and
-    norm_ratio_W = ||pc_W|| / ||bp_W||; layer "all" is the cosine over all W_l and b_l together.
+    norm_ratio_W = ||pc_W|| / ||bp_W||; layer "all" is the cosine over every weight of the energy
+    together (W_l, b_l; with a bottom-up term also V_l, a_l).
     ``cfg`` supplies ce_weight, T, eta, init and momentum of both rules.
 
     pc's update is -dE/dtheta at the latents nudged by beta = w / (1 - w); scaled by (1 - w) it

@@ -103,13 +103,17 @@ def move_aside(path: Path, reason: str) -> Path:
     return target
 
 
+BOTTOM_UP_RULES = ("bpc", "bpc-ep")
+"""Rules whose energy has the bottom-up term (weight ``bu_weight``)."""
+
+
 def build_model(cfg: dict) -> torch.nn.Module:
     """The model a config describes, initialised from its seed."""
     if cfg["model"] == "ae":
         return AE(cfg["layers"], cfg["ae_hidden_activation"], seed=cfg["seed"])
     if cfg["model"] == "cre":
         return CRE(cfg["cre_size"], cfg["latent"], seed=cfg["seed"])
-    bpc = cfg.get("rule") == "bpc"      # its bottom-up weights are part of the energy
+    bpc = cfg.get("rule") in BOTTOM_UP_RULES      # their bottom-up weights are part of the energy
     return PCN(cfg["layers"], cfg["activation"], prior=cfg["prior"],
                amortised=cfg["init"] == "amortised" or bpc, seed=cfg["seed"],
                bottom_up=float(cfg.get("bu_weight", 1.0)) if bpc else 0.0)
