@@ -151,7 +151,7 @@ def test_aggregate_clamp_of_clamped_runs(fake):
     c = fake["tables"]["clamp"]
     assert list(c.columns) == FACTORS + ["mode", "label", "metric", "value"]
     assert set(c["run"]) == set(fake["clamped"]) and set(c.seed) == {0}
-    assert agg.clamp(fake["runs"])["run"].nunique() == 10  # only runs with clamp outputs
+    assert agg.clamp(fake["runs"])["run"].nunique() == len(fake["clamped"]) == 13  # only runs with clamp outputs
 
 
 def test_aggregate_images_long_table(fake):
@@ -177,7 +177,7 @@ def test_aggregate_cli_writes_probe_tables(fake, tmp_path):
     assert main(args) == 0
     assert len(pd.read_csv(outs["linear-probes"])) == len(fake["tables"]["linear_probes"])
     assert pd.read_csv(outs["sensitivity"])["run"].nunique() == 26
-    assert pd.read_csv(outs["clamp"])["run"].nunique() == 10
+    assert pd.read_csv(outs["clamp"])["run"].nunique() == len(fake["clamped"])
     im = agg.read_images(tmp_path / "images.npz")
     np.testing.assert_array_equal(im["pixels"], fake["tables"]["images"]["pixels"])
     assert im["run"].dtype.kind == "U"  # no pickled objects
