@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import matplotlib.pyplot as plt
 import pytest
 
 from pcn.outputs import aggregate as agg
@@ -321,3 +322,13 @@ def test_tradeoff_points_are_seed_means_of_both_axes(fake):
     marker = next(c for c in fig.get_axes()[0].collections if c.get_label() == "pcn pc (diverged)")
     np.testing.assert_allclose(marker.get_offsets(), [[0.52, 0.71]])
     figures.plt.close(fig)
+
+
+def test_tradeoff_uses_a_log_axis_only_where_one_point_would_squash_the_front():
+    fig, (a, b, c) = plt.subplots(1, 3)
+    assert figures._log_if_wide(a, pd.Series([0.08, 0.2, 0.26, 3.9]))      # bp at w = 1 (full MNIST)
+    assert a.get_xscale() == "log"
+    assert not figures._log_if_wide(b, pd.Series([0.08, 0.2, 0.26]))
+    assert not figures._log_if_wide(c, pd.Series([0.0, 0.2, 3.9]))         # a zero: no log axis
+    assert b.get_xscale() == c.get_xscale() == "linear"
+    plt.close(fig)

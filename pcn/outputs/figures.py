@@ -246,9 +246,21 @@ def tradeoff(summary: pd.DataFrame, xs=("gen_mse", "recon_mse"), y: str = "test_
     for i, x in enumerate(xs):
         for ax, facet in zip(axes[i], facets):
             _front(ax, df[df["facet"] == facet], x, y, pal)
-            ax.set(xlabel=_name(x) + " (lower is better)", ylabel=_name(y),
-                   title=_title(facet, _n_diverged_runs(df[df["facet"] == facet])))
+            log = _log_if_wide(ax, _finite(df[df["facet"] == facet], [x, y])[x])
+            ax.set(xlabel=_name(x) + (" (lower is better, log scale)" if log else " (lower is better)"),
+                   ylabel=_name(y), title=_title(facet, _n_diverged_runs(df[df["facet"] == facet])))
     return _finish(fig, "Classification-reconstruction trade-off (mean ± sd over seeds)")
+
+
+def _log_if_wide(ax, values: pd.Series, span: float = 10.0) -> bool:
+    """A log x-axis where the (positive) values span more than ``span``x: an MSE axis where one
+    point (e.g. bp at w = 1, whose reconstruction is left untrained) would otherwise squash the
+    whole front into a corner.  Returns whether it did."""
+    v = values[values > 0]
+    if len(v) < 2 or (values <= 0).any() or v.max() / v.min() <= span:
+        return False
+    ax.set_xscale("log")
+    return True
 
 
 def _front(ax, df: pd.DataFrame, x: str, y: str, pal: dict) -> None:
