@@ -30,7 +30,7 @@ def _grid_points(path: Path):
                         yield point
 
 
-@pytest.mark.parametrize("study", ["config.yaml", "test.yaml", "thesis.yaml"])
+@pytest.mark.parametrize("study", ["config.yaml", "test.yaml", "thesis.yaml", "full_mnist.yaml"])
 def test_every_grid_point_moves_its_generative_weights(study):
     """No run is a random-feature classifier: one optimiser step on a batch changes every W_l
     and b_l of the generative model (pc at w = 1, which would not, is left out of the grids)."""
