@@ -331,4 +331,5 @@ def test_tradeoff_uses_a_log_axis_only_where_one_point_would_squash_the_front():
     assert not figures._log_if_wide(b, pd.Series([0.08, 0.2, 0.26]))
     assert not figures._log_if_wide(c, pd.Series([0.0, 0.2, 3.9]))         # a zero: no log axis
     assert b.get_xscale() == c.get_xscale() == "linear"
+    assert figures._log_if_wide(b, pd.Series([0.08, 3.9]), axis="y") and b.get_yscale() == "log"
     plt.close(fig)

@@ -252,14 +252,14 @@ def tradeoff(summary: pd.DataFrame, xs=("gen_mse", "recon_mse"), y: str = "test_
     return _finish(fig, "Classification-reconstruction trade-off (mean ± sd over seeds)")
 
 
-def _log_if_wide(ax, values: pd.Series, span: float = 10.0) -> bool:
-    """A log x-axis where the (positive) values span more than ``span``x: an MSE axis where one
+def _log_if_wide(ax, values: pd.Series, span: float = 10.0, axis: str = "x") -> bool:
+    """A log ``axis`` where the (positive) values span more than ``span``x: an MSE axis where one
     point (e.g. bp at w = 1, whose reconstruction is left untrained) would otherwise squash the
     whole front into a corner.  Returns whether it did."""
     v = values[values > 0]
     if len(v) < 2 or (values <= 0).any() or v.max() / v.min() <= span:
         return False
-    ax.set_xscale("log")
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
     return True
 
 
@@ -304,9 +304,11 @@ def inference_gain(summary: pd.DataFrame, metrics=("acc", "gen_mse")) -> plt.Fig
             _frame(ax, i, len(metrics), _where(facet, label) or "inference", "CE weight w",
                    ("test " if m == "acc" else "") + _name(m))
             sub = _metric(_panel(table, facet, label), m) if not table.empty else table
-            if table.empty or not _lines(ax, _finite(sub, ["ce_weight", "value"]), "ce_weight", "value",
-                                         "stage", pal, legend=i == 0):
+            ok = _finite(sub, ["ce_weight", "value"]) if not table.empty else table
+            if table.empty or not _lines(ax, ok, "ce_weight", "value", "stage", pal, legend=i == 0):
                 _empty(ax, "no probe traces in the summary")
+            elif m != "acc" and _log_if_wide(ax, ok["value"], axis="y"):
+                ax.set_ylabel(ax.get_ylabel() + " (log scale)")
         _legend(axes[0][j], "inference step")
     return _finish(fig, "What inference adds: step 0 vs T vs 10 T (mean ± sd over seeds)")
 
