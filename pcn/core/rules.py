@@ -123,6 +123,12 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
     return out
 
 
+def _require_bottom_up(model: PCN, rule: str) -> None:
+    """The rules on the two-way energy refuse a model built without its bottom-up term."""
+    if model.bottom_up <= 0:
+        raise ValueError(f"rule {rule!r} needs a model with a bottom-up term (bottom_up = bu_weight > 0)")
+
+
 def bpc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
     """Bottom-up PC (``bpc``): ``pc`` on the energy with a bottom-up term,
         E = sum_l 1/2 ||eps_l||^2 + alpha sum_l 1/2 ||z_{l+1} - V_l g_l(z_l) - a_l||^2,
@@ -130,8 +136,7 @@ def bpc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[s
     through the bottom-up errors.  The local update s dE/dtheta at the nudged latents gives
     W_l, b_l their pc update and V_l, a_l  s alpha delta_{l+1} g_l(z*_l)^T, delta_{l+1}  (errors
     that carry the label); V is the bottom-up half of the energy, not a separate amortiser."""
-    if model.bottom_up <= 0:
-        raise ValueError("rule 'bpc' needs a model with a bottom-up term (bottom_up = bu_weight > 0)")
+    _require_bottom_up(model, "bpc")
     return pc_grads(model, x, y, cfg)
 
 
@@ -171,8 +176,7 @@ def bpc_ep_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dic
     CE at the free point; ``bpc``'s nudge beta = w / (1 - w) is large and evaluates dCE/dz_L
     near the nudged, already classified point instead, which weighs down misclassified
     examples (docs/methods.md)."""
-    if model.bottom_up <= 0:
-        raise ValueError("rule 'bpc-ep' needs a model with a bottom-up term (bottom_up = bu_weight > 0)")
+    _require_bottom_up(model, "bpc-ep")
     return ep_grads(model, x, y, cfg)
 
 

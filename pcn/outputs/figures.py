@@ -245,10 +245,11 @@ def tradeoff(summary: pd.DataFrame, xs=("gen_mse", "recon_mse"), y: str = "test_
     fig, axes = _grid(len(xs), len(facets), 5.2, 4.4)
     for i, x in enumerate(xs):
         for ax, facet in zip(axes[i], facets):
-            _front(ax, df[df["facet"] == facet], x, y, pal)
-            log = _log_if_wide(ax, _finite(df[df["facet"] == facet], [x, y])[x])
+            panel = df[df["facet"] == facet]
+            _front(ax, panel, x, y, pal)
+            log = _log_if_wide(ax, _finite(panel, [x, y])[x])
             ax.set(xlabel=_name(x) + (" (lower is better, log scale)" if log else " (lower is better)"),
-                   ylabel=_name(y), title=_title(facet, _n_diverged_runs(df[df["facet"] == facet])))
+                   ylabel=_name(y), title=_title(facet, _n_diverged_runs(panel)))
     return _finish(fig, "Classification-reconstruction trade-off (mean ± sd over seeds)")
 
 
@@ -256,8 +257,7 @@ def _log_if_wide(ax, values: pd.Series, span: float = 10.0, axis: str = "x") -> 
     """A log ``axis`` where the (positive) values span more than ``span``x: an MSE axis where one
     point (e.g. bp at w = 1, whose reconstruction is left untrained) would otherwise squash the
     whole front into a corner.  Returns whether it did."""
-    v = values[values > 0]
-    if len(v) < 2 or (values <= 0).any() or v.max() / v.min() <= span:
+    if len(values) < 2 or (values <= 0).any() or values.max() / values.min() <= span:
         return False
     (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
     return True
