@@ -324,3 +324,29 @@ def test_weight_cap_bounds_every_spectral_norm():
     before = [w.clone() for w in model.W]
     cap_weights(model, None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.W))
+
+
+# ----------------------------------------------------------------------------- nudge gap
+
+
+def test_nudge_gap_is_how_far_the_label_moves_the_top_latent_and_grows_with_w():
+    """Every nudged rule reports ||z_L^nudged - z_L^free|| / ||z_L^free|| of its batch: 0 at
+    w = 0, the value recomputed from the two inferences, growing with pc's beta = w / (1 - w);
+    pc-ep's small nudge (ep_beta) stays far closer to the free point than pc's."""
+    cfg0 = _cfg(init="zeros", T=40, eta=0.05)
+    model = _model(cfg0)
+    x, y = _batch()
+    gaps = {}
+    for w in (0.0, 0.5, 0.9):
+        cfg = dict(cfg0, ce_weight=w)
+        gaps[w] = float(RULES["pc"](model, x, y, cfg)["nudge_gap"])
+        if w > 0:   # recomputed by hand: free phase from zeros, then T nudged steps from it
+            with torch.no_grad():
+                free, _ = infer(model, x, init_latents(model, x, "zeros"), cfg["T"], cfg["eta"])
+                nud, _ = infer(model, x, free, cfg["T"], cfg["eta"], y=y, beta=w / (1 - w))
+            want = float((nud[-1] - free[-1]).norm() / free[-1].norm())
+            assert gaps[w] == pytest.approx(want, rel=1e-9)
+    assert gaps[0.0] == 0.0 and 0 < gaps[0.5] < gaps[0.9], gaps
+    ep = float(RULES["pc-ep"](model, x, y, dict(cfg0, ce_weight=0.9, ep_beta=0.01))["nudge_gap"])
+    assert 0 < ep < gaps[0.9] / 20, (ep, gaps)
+    assert float(RULES["ipc"](model, x, y, dict(cfg0, ce_weight=0.9))["nudge_gap"]) > 0

@@ -83,7 +83,7 @@ def test_run_dir_order_and_roundtrip():
 @pytest.mark.parametrize(
     "configfile, train_jobs, probe_jobs, data_jobs",
     [(None, 28, 22, 1), ("config/test.yaml", 5, 3, 1), ("config/thesis.yaml", 468, 396, 2),
-     ("config/full_mnist.yaml", 11, 11, 1)],
+     ("config/full_mnist.yaml", 22, 22, 1)],
 )
 def test_dry_run_shipped_configs(configfile, train_jobs, probe_jobs, data_jobs):
     args = ["-n", "-F", "--cores", "2", "--nolock", "-p"]

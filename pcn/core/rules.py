@@ -72,6 +72,17 @@ def settle(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eta: float, y: to
     return relative_update(z_next, z)
 
 
+def nudge_gap(free: list[torch.Tensor], nudged: list[torch.Tensor]) -> float:
+    """How far the label's nudge moves the top latent from the free (test-time) one:
+
+        ||z_L^nudged - z_L^free|| / ||z_L^free||      (over the batch)
+
+    The local rules learn the weights at the nudged latents; a large gap means they fit a
+    generative model at top latents that free inference, and so every test input, never
+    reaches (docs/methods.md).  nan where the free top latent is 0 (e.g. relu from zeros)."""
+    return relative_update([free[-1]], [nudged[-1]])
+
+
 def _free_phase(model: PCN, x: torch.Tensor, cfg: dict) -> tuple[list, list, float]:
     """The run's step size and z^0, and the free inference from it (T steps on E, no label);
     returns (z0, free latents, eta)."""
@@ -119,6 +130,7 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
     out = _local_backward(model, x, y, s, [(1.0, z)], free, z)
     with torch.no_grad():
         out["settle"] = torch.tensor(settle(model, x, z, eta, y, beta / s))
+        out["nudge_gap"] = torch.tensor(nudge_gap(free, z) if beta > 0 else 0.0, dtype=torch.float64)
     out["loss"] = (1.0 - w) * out["energy"] + w * out["ce"]
     return out
 
@@ -162,6 +174,7 @@ def ep_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
     out = _local_backward(model, x, y, s, terms, free, free)
     with torch.no_grad():
         out["settle"] = torch.tensor(settle(model, x, free, eta))
+        out["nudge_gap"] = torch.tensor(nudge_gap(free, terms[1][1]) if w > 0 else 0.0, dtype=torch.float64)
     out["loss"] = (1.0 - w) * out["energy"] + w * out["ce"]
     return out
 
@@ -217,6 +230,7 @@ def ipc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
             p.grad = (a + p.grad) / T
     with torch.no_grad():
         out["settle"] = torch.tensor(settle(model, x, z, eta, y, beta))
+        out["nudge_gap"] = torch.tensor(nudge_gap(free, z), dtype=torch.float64)
     out["loss"] = (1.0 - w) * out["energy"] + w * out["ce"]
     return out
 

@@ -37,7 +37,7 @@ from pcn.study.store import atomic_save, build_model, write_text
 from pcn.fast.rules import rule
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_energy", "train_ce", "train_acc", "val_acc", "test_acc",
-                  "recon_mse", "gen_mse", "energy", "train_settle", "seconds", "diverged"]
+                  "recon_mse", "gen_mse", "energy", "train_settle", "train_nudge_gap", "seconds", "diverged"]
 ALIGN_COLUMNS = ["epoch", "layer", "metric", "value"]
 ALIGN_BATCH = 128  # the first 128 training images: the fixed batch of the alignment log
 # Keys that say where data lives, not what is computed: they may change on resume.
@@ -340,7 +340,7 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
         t0 = time.perf_counter()
         order = epoch_order(n, cfg["seed"], epoch).to(train_x.device)
         sums = {"loss": 0.0, "energy": 0.0, "ce": 0.0}
-        settle_sum = 0.0
+        settle_sum = gap_sum = 0.0
         for b in range(n_batches):
             idx = order[b * B:(b + 1) * B]
             terms = step(model, train_x[idx].to(dev, non_blocking=True), train_y[idx].to(dev, non_blocking=True), cfg)
@@ -353,6 +353,7 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
             for k in sums:
                 sums[k] += vals[k]
             settle_sum += float(terms["settle"]) if "settle" in terms else float("nan")
+            gap_sum += float(terms["nudge_gap"]) if "nudge_gap" in terms else float("nan")
             if n_batches >= 200 and (b + 1) % (n_batches // 4) == 0 and b + 1 < n_batches:
                 log(f"  epoch {epoch} batch {b + 1}/{n_batches} loss {sums['loss'] / (b + 1):.4f}")
         seconds = time.perf_counter() - t0
@@ -364,7 +365,8 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
         row = {"epoch": epoch, "train_loss": sums["loss"] / max(done, 1), "train_energy": sums["energy"] / max(done, 1),
                "train_ce": sums["ce"] / max(done, 1), "train_acc": tr["acc"], "val_acc": va["acc"],
                "test_acc": te["acc"], "recon_mse": te["recon_mse"], "gen_mse": te["gen_mse"],
-               "energy": te["energy"], "train_settle": settle_sum / max(done, 1), "seconds": seconds, "diverged": diverged_at is not None}
+               "energy": te["energy"], "train_settle": settle_sum / max(done, 1),
+               "train_nudge_gap": gap_sum / max(done, 1), "seconds": seconds, "diverged": diverged_at is not None}
         rows.append(row)
         _write_csv(out / "metrics.csv", rows, METRIC_COLUMNS)
         if not diverged_at:
@@ -387,7 +389,8 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
     last = rows[-1] if rows else {}
     final = dict(cfg)
     final.update({k: _clean(last.get(k, float("nan"))) for k in
-                  ("train_acc", "val_acc", "test_acc", "recon_mse", "gen_mse", "energy", "train_settle")})
+                  ("train_acc", "val_acc", "test_acc", "recon_mse", "gen_mse", "energy", "train_settle",
+                   "train_nudge_gap")})
     final.update({"wall_s": elapsed, "epochs_done": len(rows) - (1 if diverged_at else 0),
                   "diverged": diverged_at is not None,
                   "diverged_epoch": diverged_at[0] if diverged_at else None,
