@@ -333,3 +333,30 @@ def test_tradeoff_uses_a_log_axis_only_where_one_point_would_squash_the_front():
     assert b.get_xscale() == c.get_xscale() == "linear"
     assert figures._log_if_wide(b, pd.Series([0.08, 3.9]), axis="y") and b.get_yscale() == "log"
     plt.close(fig)
+
+
+def test_the_inference_arms_are_drawn_apart_never_pooled():
+    """With init swept, init is a factor: every figure line (and inference_gain's panel) is one
+    arm, so the amortised and the zeros arm are never averaged together as 'seeds'; ae and cre
+    (no inference) carry no arm in their label."""
+    rows = []
+    for init, acc0 in (("amortised", 0.9), ("zeros", 0.1)):
+        for w in (0.0, 0.5):
+            for seed in (0, 1):
+                rows.append(dict(dataset="mnist", model="pcn", rule="pc", init=init, ce_weight=w, seed=seed,
+                                 T=20 if init == "amortised" else 100, diverged=False, test_acc=0.8,
+                                 gen_mse=0.2, recon_mse=0.01, acc_step0=acc0, acc_T=0.8, acc_10T=0.8,
+                                 gen_mse_step0=0.3, gen_mse_T=0.2, gen_mse_10T=0.2))
+    rows.append(dict(rows[0], model="ae", rule="bp", init="amortised"))
+    s = pd.DataFrame(rows)
+    assert "init" in agg.factor_columns(s) and "init" not in agg.factor_columns(s[s.init == "zeros"])
+    labels = set(figures._prepare(s, figures._extra_factors(s))["label"])
+    assert labels == {"pcn pc init=amortised", "pcn pc init=zeros", "ae"}, labels
+    fig = figures.inference_gain(s)
+    titles = {ax.get_title() for ax in fig.get_axes()}
+    assert {"mnist pcn pc init=amortised", "mnist pcn pc init=zeros"} <= titles, titles
+    for ax in fig.get_axes():   # step 0's line is the arm's own: 0.9 amortised, 0.1 from zeros
+        if ax.get_title().endswith("init=zeros") and ax.get_ylabel() == "test accuracy":
+            step0 = [l for l in ax.get_lines() if l.get_label() == "step0"]
+            assert step0 and np.allclose(step0[0].get_ydata(), 0.1), [l.get_ydata() for l in step0]
+    plt.close(fig)

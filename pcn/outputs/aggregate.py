@@ -144,7 +144,8 @@ def aggregate(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
 def factor_columns(summary: pd.DataFrame) -> list[str]:
     """Key factors plus every training-config column that differs between runs of the same model.
 
-    Where the data lives (``data_dir``, ``data_root``) is not a factor, nor is a key that is
+    ``init`` is a factor wherever it is swept (the inference arms).  Where the data lives
+    (``data_dir``, ``data_root``) is not a factor, nor is a key that is
     constant within each model x rule x init (e.g. the cre runs' own batch size, or bpc's
     bu_weight, set by the workflow's ``train_by_model`` / ``train_by_rule`` / ``train_by_init``):
     those factors already tell the runs apart.
@@ -155,6 +156,8 @@ def factor_columns(summary: pd.DataFrame) -> list[str]:
     cols = [c for c in KEY_FACTORS if c in summary]
     arm = [c for c in ("model", "rule", "init") if c in summary]
     group = (summary[arm].astype(str).agg("/".join, axis=1) if arm else pd.Series("", index=summary.index))
+    # the arm factors themselves: init (not a key factor) is one wherever it is swept
+    cols += [c for c in arm if c not in cols and summary[c].astype(str).nunique() > 1]
     for c in summary.columns:
         if c not in config_keys or c in cols:
             continue

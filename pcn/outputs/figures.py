@@ -71,7 +71,10 @@ def _prepare(df: pd.DataFrame, extra_label: list[str] | None = None) -> pd.DataF
     label = pd.Series(np.where(model.isin(["ae", "cre"]), model, model + " " + rule), index=df.index).str.strip()
     for col in extra_label or []:
         if col in df:
-            label = label + " " + col + "=" + df[col].map(_fmt)
+            part = " " + col + "=" + df[col].map(_fmt)
+            if col == "init":   # ae and cre have no inference: no arm in their label
+                part = part.where(~model.isin(["ae", "cre"]), "")
+            label = label + part
     df["label"] = label
     df["facet"] = df["dataset"].astype(str) if "dataset" in df else ""
     df["ce_weight"] = pd.to_numeric(df["ce_weight"], errors="coerce") if "ce_weight" in df else np.nan
