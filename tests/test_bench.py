@@ -22,7 +22,8 @@ def test_bench_tiny_json(tmp_path):
     finally:
         torch.set_num_threads(threads)
     res = json.loads(out.read_text())
-    assert res["machine"]["threads"] == 1 and res["machine"]["device"] == "cpu"
+    auto = "cuda" if torch.cuda.is_available() else "cpu"     # --device auto: CUDA where torch sees a GPU
+    assert res["machine"]["threads"] == 1 and res["machine"]["device"] == auto
     assert res["peak_gflops"] and all(v > 0 for v in res["peak_gflops"].values())
     kinds = {(c["kind"], c.get("variant")) for c in res["cases"]}
     for kind in ("baseline", "pc", "bp", "infer"):
