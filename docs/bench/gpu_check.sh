@@ -9,13 +9,15 @@
 # 3. then at the same time (so their wall times are not speed figures):
 #    a. the test suite with CUDA visible (tests/test_cuda.py runs only there), 3 xdist workers;
 #    b. the test study, `--configfile config/test.yaml --config device=cuda`;
-#    c. full-MNIST training on the GPU: config/full_mnist.yaml's amortised arm, seeds $SEEDS
-#       (docs/results.md), 10 jobs sharing the GPU, cut off after $FULL_S seconds.
+#    c. full-MNIST training on the GPU: config/full_mnist.yaml's $ARM arm (amortised or zeros),
+#       seeds $SEEDS (docs/results.md), 10 jobs sharing the GPU, cut off after $FULL_S seconds
+#       (the zeros arm, T = 100, has five times the inference steps: not yet run on a GPU; expect
+#       a seed of it to need more than one 10-minute call, so split its grid).
 # Everything lands in $OUT: logs, bench JSON, and tarballs of the studies' small outputs.
 # Needs snakemake, pytest-xdist and the `pcn` dependencies importable by python3; a machine with
 # no package index gets them as wheels first (WHEELS=dir: `pip install --target /tmp/site`).
 set -u
-OUT=${OUT:-gpu_out}; DATA=${DATA:-../shared/data}; SEEDS=${SEEDS:-[1]}; FULL_S=${FULL_S:-330}
+OUT=${OUT:-gpu_out}; DATA=${DATA:-../shared/data}; SEEDS=${SEEDS:-[1]}; ARM=${ARM:-amortised}; FULL_S=${FULL_S:-330}
 TEST_S=${TEST_S:-330}; STUDY_S=${STUDY_S:-240}; BENCH_S=${BENCH_S:-120}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 REPO=$PWD
@@ -50,10 +52,10 @@ stamp "tests, test study, full MNIST (concurrently)"
   tar -czf "$OUT/study_test.tgz" -C $d --exclude='*.pt' --exclude='*.npz' --exclude=results/checkpoints --exclude=results/report.html snakemake.log results 2>/dev/null
   tail -3 $d/snakemake.log ) &
 ( start=$(date +%s); d=/tmp/full_mnist; mkdir -p $d
-  python3 - "$REPO/config/full_mnist.yaml" "$d/config.yaml" "$SEEDS" <<'EOF'
+  python3 - "$REPO/config/full_mnist.yaml" "$d/config.yaml" "$SEEDS" "$ARM" <<'EOF'
 import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
-cfg["grid"]["init"] = ["amortised"]
+cfg["grid"]["init"] = [sys.argv[4]]
 cfg["grid"]["seed"] = yaml.safe_load(sys.argv[3])
 yaml.safe_dump(cfg, open(sys.argv[2], "w"))
 EOF
