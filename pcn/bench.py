@@ -386,15 +386,20 @@ def summarise(cases: list[Case], peaks: list[Case]) -> dict:
     return {"peak_gflops": pk, "peak_gflops_max": peak, "cases": rows}
 
 
-def compare_pcx(summary: dict, pcx: dict | None = None) -> dict:
+def compare_pcx(summary: dict, pcx: dict | None = None, device: str = "cpu") -> dict:
     """Our ref pc against PCX's figures: ``pcx`` (read_pcx_json: measured in this session, so the
     ratios are as measured) or else the stored PCX_PAST (a past measurement, possibly in another
     machine state: its ratios are not measured ones, and no scaling makes them so; the two
-    baseline-MLP figures show how far the states differ)."""
+    baseline-MLP figures show how far the states differ).  The stored figures are CPU ones: a run
+    on another ``device`` gets no ratio against them (``"skipped"`` says why)."""
     ref = pcx or PCX_PAST
     by = {r["case"]: r for r in summary["cases"]}
     keep = ("date", "machine", "file", "epoch", "baseline_mlp_s", "pc_T5_s", "pc_T20_s")
     out = {"pcx": {k: ref.get(k) for k in keep}, "same_session": pcx is not None}
+    if pcx is None and device != "cpu":
+        out["skipped"] = (f"PCX's stored figures were measured on a CPU and this run is on {device}: no ratio "
+                          "(--pcx-json FILE with PCX measured on this device gives one)")
+        return out
     b = by.get("ref/baseline")
     if b is not None:
         out["baseline"] = {"samples_per_s": b["samples_per_s"],
@@ -592,7 +597,7 @@ def run(args: argparse.Namespace) -> int:
                      "fused_adam": args.fused_adam,
                      "mode": "tiny" if args.tiny else "quick" if args.quick else "full" if args.full else "default"},
         **summary,
-        "pcx": compare_pcx(summary, pcx),
+        "pcx": compare_pcx(summary, pcx, device.type),
         "profile": prof,
         "rss_peak_mb": _rss_peak_mb(),
         "wall_s": time.perf_counter() - t_start,
@@ -645,6 +650,8 @@ def format_pcx(px: dict) -> list[str]:
     """The PCX lines of the table: same-session figures as measured ratios; the stored ones as what
     they are, a past measurement with its date and machine state."""
     ref = px["pcx"]
+    if "skipped" in px:
+        return [f"PCX: {px['skipped']}"]
     if not {"baseline", "pc_T5", "pc_T20"} & set(px):
         return []  # no ref network in this run (--tiny)
     if px["same_session"]:

@@ -70,6 +70,11 @@ def test_pcx_comparison_same_session_or_past():
     assert "a past measurement, not this session (date not recorded" in text and "fast state" in text
     assert "as measured" not in text and "vs the past PCX figure" in text
 
+    on_gpu = bench.compare_pcx(s, device="cuda")      # CPU figures: no ratio for a GPU run
+    assert not {"baseline", "pc_T5", "pc_T20"} & set(on_gpu)
+    assert bench.format_pcx(on_gpu) == [f"PCX: {on_gpu['skipped']}"] and "measured on a CPU" in on_gpu["skipped"]
+    assert "pc_T20" in bench.compare_pcx(s, {**PCX, "epoch": 59_904, "file": "pcx.json"}, device="cuda")
+
 
 @pytest.mark.parametrize("content, message", [
     (None, "cannot read it"),
