@@ -185,6 +185,8 @@ def test_runs_record_code_version_and_data_files(ref):
         rec = json.loads((ref / name).read_text())
         assert len(rec["code_sha256"]) == 64
         assert "code_commit" in rec and "code_dirty" in rec
+        assert rec["compute_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+        assert rec["compute_name"] and rec["torch_version"] == torch.__version__
         files = rec["data_files"]
         assert set(files) == {"train_images", "train_labels", "test_images", "test_labels"}
         for v in files.values():
@@ -194,7 +196,9 @@ def test_runs_record_code_version_and_data_files(ref):
     row = aggregate.aggregate([ref]).iloc[0]
     assert json.loads(row["data_files"])["test_labels"]["sha256"] == sums["t10k-labels-idx1-ubyte.gz"]
     assert row["code_sha256"] == json.loads((ref / "final.json").read_text())["code_sha256"]
-    assert "data_files" not in aggregate.factor_columns(aggregate.aggregate([ref, ref]))
+    assert row["compute_device"] in ("cpu", "cuda") and row["torch_version"] == torch.__version__
+    factors = aggregate.factor_columns(aggregate.aggregate([ref, ref]))
+    assert not {"data_files", "compute_device", "compute_name", "torch_version"} & set(factors)
 
 
 def test_code_hash_follows_the_source(tmp_path):

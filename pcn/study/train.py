@@ -43,8 +43,8 @@ ALIGN_BATCH = 128  # the first 128 training images: the fixed batch of the align
 # Keys that say where data lives, not what is computed: they may change on resume.
 LOCATION_KEYS = ("data_dir", "data_root")
 # Keys of config.json / final.json that record what a run was computed with (code version,
-# data files read), not what it computes: ignored when a run folder or checkpoint is matched.
-PROVENANCE_KEYS = provenance.CODE_KEYS + ("data_files",)
+# device, data files read), not what it computes: ignored when a run folder or checkpoint is matched.
+PROVENANCE_KEYS = provenance.CODE_KEYS + provenance.COMPUTE_KEYS + ("data_files",)
 IGNORED_KEYS = LOCATION_KEYS + PROVENANCE_KEYS
 OUTPUT_FILES = ("config.json", "metrics.csv", "alignment.csv", "final.json", "model.pt")
 
@@ -301,7 +301,7 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
         log(f"WARNING: run folder {out} held a run with another config (keys {out_diff} differ); replacing its outputs")
         for name in OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)
-    prov = {**provenance.code_version(), "data_files": ds.files}
+    prov = {**provenance.code_version(), **provenance.compute(dev), "data_files": ds.files}
     write_text(out / "config.json", config_mod.dumps({**cfg, **prov}))
 
     train_x, train_y = place_training_set(ds.train.x, ds.train.y, dev, log)
