@@ -17,7 +17,8 @@ from pcn.study.evaluate import evaluate
 from pcn.study.store import build_model, load_model
 from pcn.study.train import train
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and "PCN_TEST_CUDA_AS" not in os.environ, reason="torch sees no CUDA device")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and "PCN_TEST_CUDA_AS" not in os.environ,
+                                reason="torch sees no CUDA device")
 CUDA = torch.device(os.environ.get("PCN_TEST_CUDA_AS", "cuda"))   # "cpu": checks this file's logic off a GPU
 LAYERS = [12, 9, 7, 4]
 
@@ -25,7 +26,7 @@ LAYERS = [12, 9, 7, 4]
 def _model_and_batch(cfg: dict, seed: int = 0):
     model = build_model(cfg).double()
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(6, LAYERS[0], generator=g, dtype=torch.float64).tanh()
+    x = torch.randn(6, cfg["layers"][0], generator=g, dtype=torch.float64).tanh()
     y = torch.randint(0, 10, (6,), generator=g)
     return model, x, y
 

@@ -5,10 +5,12 @@ final.json).
 ``pcn`` package lives in, and whether its tracked files differ from that commit; both null when
 the package is not in a git checkout or git is missing) and, always, ``code_sha256``: a SHA-256
 over the package's own source files (every ``*.py`` and ``*.yaml`` under ``pcn/``, by relative
-path and content), which identifies the code even without git.  ``compute(device)`` gives ``compute_device`` (the
-device type the run trained on: cpu, cuda or mps), ``compute_name`` (the GPU's name, or the
-CPU's processor string) and ``torch_version``: runs of one table may come from different machines
-(a seed trained on a GPU beside one trained on a CPU), and float rounding differs between them.
+path and content), which identifies the code even without git.
+
+``compute(device)`` gives ``compute_device`` (the device type the run trained on: cpu, cuda or
+mps), ``compute_name`` (the GPU's name, or the CPU's processor string) and ``torch_version``:
+runs of one table may come from different machines (a seed trained on a GPU beside one trained
+on a CPU), and float rounding differs between them.
 """
 from __future__ import annotations
 
