@@ -65,7 +65,7 @@ def test_adjoint_matches_autograd_through_the_loop(act, prior, momentum, gram):
 @pytest.mark.parametrize("act", ["tanh", "gelu", "relu"])
 @pytest.mark.parametrize("prior", [False, True])
 @pytest.mark.parametrize("momentum", [0.0, 0.3])
-@pytest.mark.parametrize("beta", [0.0, 1.5])
+@pytest.mark.parametrize("beta", [0.0, 1.5, -1.5])
 def test_stacked_loop_and_gram_match_the_reference_loop(act, prior, momentum, beta):
     model, x, y = _setup(act, prior)
     z0 = init_latents(model, x, "zeros")

@@ -83,19 +83,20 @@ def nudge_gap(free: list[torch.Tensor], nudged: list[torch.Tensor]) -> float:
     return relative_update([free[-1]], [nudged[-1]])
 
 
-def _free_phase(model: PCN, x: torch.Tensor, cfg: dict) -> tuple[list, list, float]:
+def _free_phase(model: PCN, x: torch.Tensor, cfg: dict, infer: Callable = inference.infer) -> tuple[list, list, float]:
     """The run's step size and z^0, and the free inference from it (T steps on E, no label);
-    returns (z0, free latents, eta)."""
+    returns (z0, free latents, eta).  ``infer``: the inference to run (the reference loop, or
+    the same on a fast path)."""
     eta = inference_eta(model, cfg)
     z0 = inference.init_latents(model, x, cfg["init"])
-    free, _ = inference.infer(model, x, z0, cfg["T"], eta, momentum=cfg["momentum"])
+    free, _ = infer(model, x, z0, cfg["T"], eta, momentum=cfg["momentum"])
     return z0, free, eta
 
 
 def _nudged(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict, start: list, eta: float,
-            beta: float) -> list[torch.Tensor]:
+            beta: float, infer: Callable = inference.infer) -> list[torch.Tensor]:
     """T steps on E + beta CE from ``start`` (beta already divided by s)."""
-    return inference.infer(model, x, start, cfg["T"], eta, y=y, beta=beta, momentum=cfg["momentum"])[0]
+    return infer(model, x, start, cfg["T"], eta, y=y, beta=beta, momentum=cfg["momentum"])[0]
 
 
 def _local_backward(model: PCN, x: torch.Tensor, y: torch.Tensor, s: float, terms: list[tuple[float, list]],
@@ -152,7 +153,8 @@ def bpc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[s
     return pc_grads(model, x, y, cfg)
 
 
-def ep_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
+def ep_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
+             infer: Callable = inference.infer) -> dict[str, torch.Tensor]:
     """Contrastive two-phase rule (``pc-ep``, equilibrium propagation): a free phase to z*_0 on
     E, then two nudged phases from it on s E +- beta_ep CE (symmetric nudging) to z*_+, z*_-, and
 
@@ -162,14 +164,15 @@ def ep_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
     point (the EP theorem; error O(beta_ep^2) with symmetric nudging), so the whole update
     estimates the gradient of bp's objective (1 - w) s E + w CE at the free equilibrium, at every
     w including w = 1.  The amortiser regresses onto the free latents (what test-time inference
-    reaches); the readout probe trains on them."""
+    reaches); the readout probe trains on them.  ``infer``: the inference of all three phases
+    (the reference loop by default; ``pcn.fast.rules`` passes the fast one)."""
     w, b = float(cfg["ce_weight"]), float(cfg["ep_beta"])
     s = energy_scale(model, cfg["energy_norm"])
     with torch.no_grad():
-        _, free, eta = _free_phase(model, x, cfg)
+        _, free, eta = _free_phase(model, x, cfg, infer)
         terms = [(1.0 - w, free)]
         if w > 0:
-            plus, minus = (_nudged(model, x, y, cfg, free, eta, sign * b / s) for sign in (1, -1))
+            plus, minus = (_nudged(model, x, y, cfg, free, eta, sign * b / s, infer) for sign in (1, -1))
             terms += [(w / (2 * b), plus), (-w / (2 * b), minus)]
     out = _local_backward(model, x, y, s, terms, free, free)
     with torch.no_grad():

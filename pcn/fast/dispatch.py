@@ -35,11 +35,9 @@ def note_reference(what: str) -> None:
 
 def unsupported(model: PCN, beta: float) -> str | None:
     """What of an inference no fast path covers (None if they all apply): the bottom-up energy
-    (``bpc``) and the negative nudge of ``pc-ep``."""
+    (``bpc``).  A negative nudge (the opposite phase of ``pc-ep``) runs on the stacked loop."""
     if getattr(model, "bottom_up", 0.0) > 0:
         return "inference with a bottom-up energy (bpc)"
-    if beta < 0:
-        return "inference with a negative nudge"
     return None
 
 

@@ -3,6 +3,7 @@
 ``pc``: the weight, readout and amortiser gradients are written out (no autograd), in the
 (d x batch) orientation of the stacked inference buffers, and f(z*) is reused from the
 inference.  ``bp``: the reference rule with the fast differentiable inference (the adjoint).
+``pc-ep``: the reference rule with the fast no-grad inference.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pcn.core.energy import energy_scale
 from pcn.core.inference import init_latents
 from pcn.core.stepsize import inference_eta
 from pcn.core.model import PCN
-from pcn.fast.dispatch import infer_state, note_reference
+from pcn.fast.dispatch import infer, infer_state, note_reference
 from pcn.fast.kernels import mean_half_sq, onehot_t
 from pcn.fast.options import OPTIONS
 
@@ -92,8 +93,11 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
 
 
 bp_grads = functools.partial(reference.bp_grads, infer_state=infer_state)
+# pc-ep: the reference rule with its three inferences (free, +beta, -beta) on the fast loop; the
+# weight gradients at the three latent states stay autograd's (a small share of the batch).
+ep_grads = functools.partial(reference.ep_grads, infer=infer)
 
-RULES = {"pc": pc_grads, "bp": bp_grads}
+RULES = {"pc": pc_grads, "bp": bp_grads, "pc-ep": ep_grads}
 
 
 def rule(name: str) -> Callable:

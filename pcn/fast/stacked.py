@@ -159,7 +159,7 @@ def stacked_loop(model: PCN, x: torch.Tensor, z0: list[torch.Tensor], T: int, et
     lay = _layout(model)
     W, b = list(model.W), list(model.b) + ([model.prior_mean] if model.prior_mean is not None else [])
     bcol, Wt = [bl.unsqueeze(1) for bl in b], [Wk.t() for Wk in W]
-    nudge = y is not None and beta > 0.0
+    nudge = y is not None and beta != 0.0   # beta < 0: pc-ep's opposite nudge
     gram = use_gram(model, B, T) if gram is None else gram
     gt = _gram_terms(x, W[0], b[0]) if gram else None
     full = record == "full"
