@@ -443,9 +443,9 @@ def test_second_clone_runs_its_own_code_and_rerun_switch(tmp_path):
     assert len(imported) >= 2 and set(imported) == {str(init)}, imported
     assert "Nothing to be done" in run("-n")
 
-    figures_py = clone / "pcn" / "outputs" / "figures.py"
+    figures_py = clone / "pcn" / "outputs" / "figures" / "common.py"
     figures_py.write_text(figures_py.read_text() + "\n# edited\n")
-    assert "Nothing to be done" in run("-n")  # the data job does not run figures.py
+    assert "Nothing to be done" in run("-n")  # the data job does not run the figures' code
     data_py = clone / "pcn" / "study" / "data.py"
     data_py.write_text(data_py.read_text() + "\n# edited\n")
     out = run("-n")

@@ -1,0 +1,97 @@
+"""The tables a figure reads: reading them from their files and checking their columns.
+
+A table that lacks a column a figure needs is refused in one line (:class:`TableError`) that
+names the table, the missing columns, every column the figure needs and those the table has; a
+table with no rows is not an error here (the figure says so in an empty panel instead).
+"""
+from __future__ import annotations
+
+import zipfile
+
+import pandas as pd
+
+from pcn.errors import PcnError
+
+#: every table a figure can read (``pcn figure --NAME FILE``)
+TABLES = ("summary", "curves", "traces", "sensitivity", "linear_probes", "alignment", "clamp", "images")
+
+#: Columns a table must have wherever a figure reads it; each entry is a group of alternative
+#: names, one of which must be present (the images table: the arrays of its .npz).
+COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "summary": (("run",),),
+    "curves": (("run",), ("epoch",)),
+    "traces": (("run",), ("step",), ("metric",), ("value",)),
+    "sensitivity": (("run",), ("test_T",), ("eta_factor",), ("metric",), ("value",)),
+    "linear_probes": (("run",), ("step",), ("layer",), ("metric",), ("value",)),
+    "alignment": (("run",), ("epoch",), ("layer",), ("metric",), ("value",)),
+    "clamp": (("run",), ("mode",), ("label",), ("metric",), ("value",)),
+    "images": (("run",), ("kind",), ("pos",), ("label",), ("pixels",)),
+}
+
+#: Columns a figure needs besides its tables' COLUMNS: {figure: {table: groups}}.
+FIGURE_COLUMNS: dict[str, dict[str, tuple[tuple[str, ...], ...]]] = {
+    "tradeoff": {"summary": (("ce_weight",), ("test_acc",), ("gen_mse", "recon_mse"))},
+    "ce_weight": {"summary": (("ce_weight",), ("test_acc", "recon_mse", "gen_mse"))},
+    "inference_gain": {"summary": (("ce_weight",),)},
+    "curves": {"curves": (("test_acc", "val_acc", "recon_mse", "train_loss"),)},
+}
+
+
+class TableError(PcnError, ValueError):
+    """A table lacks columns a figure needs (exit 1, one line)."""
+
+
+def option(table: str) -> str:
+    """The ``pcn figure`` option that gives ``table`` (``--linear-probes``)."""
+    return "--" + table.replace("_", "-")
+
+
+def n_rows(table) -> int:
+    """Rows of a table: a DataFrame, or the images table (a dict of arrays, one row per image)."""
+    if isinstance(table, pd.DataFrame):
+        return len(table)
+    return len(table["run"]) if "run" in table else 0
+
+
+def _names(groups) -> list[str]:
+    return [g[0] if len(g) == 1 else "(" + " or ".join(g) + ")" for g in groups]
+
+
+def _listed(names: list[str], most: int = 15) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "") if names else "none"
+
+
+def check_columns(figure: str, table: str, data, source: str | None = None) -> None:
+    """Refuse (TableError) a ``table`` of ``figure`` that lacks a column it needs; a table
+    with no rows passes (the figure draws an empty panel).  ``source`` names the table in the
+    message (default: "the TABLE table")."""
+    if n_rows(data) == 0:
+        return
+    groups = COLUMNS.get(table, ()) + FIGURE_COLUMNS.get(figure, {}).get(table, ())
+    have = [str(c) for c in (data.columns if isinstance(data, pd.DataFrame) else data)]
+    missing = [g for g in groups if not set(g) & set(have)]
+    if missing:
+        raise TableError(f"{source or f'the {table} table'}: missing column(s) {', '.join(_names(missing))}; "
+                         f"figure {figure} needs {', '.join(_names(groups))}; the table has {_listed(have)}")
+
+
+def read(path: str | None, what: str, required: bool):
+    """The table ``what`` from ``path`` (CSV; the images table: NPZ), or None where no path is
+    given and the figure can do without it; a file that cannot be read is a one-line PcnError."""
+    if not path:
+        if required:
+            raise SystemExit(f"pcn figure: this figure needs {option(what)} "
+                             f"{'NPZ' if what == 'images' else 'CSV'}")
+        return None
+    if what == "images":
+        from pcn.outputs.aggregate import read_images
+
+        try:
+            return read_images(path)
+        except (ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
+            raise PcnError(f"--images {path}: not a readable images table ({type(err).__name__}: {err})") from None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise PcnError(f"{option(what)} {path}: not a readable CSV table ({str(err).splitlines()[0]})") from None
