@@ -187,7 +187,8 @@ def test_aggregate_cli_writes_probe_tables(fake, tmp_path):
 def test_attach_refuses_clashing_columns(tmp_path):
     runs, _ = make_runs(tmp_path)
     run = next(r for r in runs if "model~pcn" in r)
-    pd.DataFrame({"T": [1], "value": [0.0]}).to_csv(Path(run) / "trace.csv", index=False)
+    pd.DataFrame({"step": [0], "layer": ["all"], "metric": ["acc"], "value": [0.0], "T": [1]}).to_csv(
+        Path(run) / "trace.csv", index=False)
     with pytest.raises(ValueError, match="clash"):
         agg.traces([run])
 

@@ -73,8 +73,63 @@ def _as_bool(v) -> bool:
     return bool(v)
 
 
+#: Result fields of final.json: numbers (null or NaN where undefined).  ``test_acc`` is required.
+RESULT_FIELDS = ("train_acc", "val_acc", "test_acc", "recon_mse", "gen_mse", "energy", "train_settle",
+                 "train_nudge_gap", "wall_s")
+REQUIRED_FIELDS = ("test_acc",)
+#: Fields of final.json besides the training keys (pcn/train_schema.yaml) and RESULT_FIELDS, with
+#: what each may hold: counts, flags and the provenance of the run.
+OTHER_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "epochs_done": ((int,), "a whole number"),
+    "diverged_epoch": ((int, type(None)), "a whole number or null"),
+    "diverged_batch": ((int, type(None)), "a whole number or null"),
+    "diverged": ((bool,), "true or false"),
+    "code_commit": ((str, type(None)), "text or null"),
+    "code_dirty": ((bool, type(None)), "true, false or null"),
+    "code_sha256": ((str,), "text"),
+    "compute_device": ((str,), "text"),
+    "compute_name": ((str,), "text"),
+    "torch_version": ((str,), "text"),
+    "data_files": ((dict,), "an object of file names"),
+}
+
+
+def _shown(v) -> str:
+    text = json.dumps(v) if not isinstance(v, float) or math.isfinite(v) else str(v)
+    return (text if len(text) <= 40 else text[:37] + "...") + f" ({type(v).__name__})"
+
+
+def _field_problems(final: dict) -> list[str]:
+    """What is wrong with the fields of one final.json: unknown keys, values of the wrong type
+    (training keys judged by pcn/train_schema.yaml), required fields missing; [] if none."""
+    import jsonschema
+
+    from pcn.study.config import schema
+
+    keys = schema()["properties"]
+    problems = [f"field {k!r} is missing (a finished run has it)" for k in REQUIRED_FIELDS if k not in final]
+    for key, value in final.items():
+        if key in RESULT_FIELDS:
+            ok, allowed = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)), \
+                "a number or null"
+        elif key in OTHER_FIELDS:
+            types, allowed = OTHER_FIELDS[key]
+            ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        elif key in keys:
+            err = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(keys[key]).iter_errors(value))
+            ok, allowed = err is None, f"as pcn/train_schema.yaml says ({err.message if err else ''})"
+        else:
+            problems.append(f"field {key!r} is not one pcn train writes (a training key of pcn/train_schema.yaml, "
+                            "a result or a provenance field: docs/results-tables.md)")
+            continue
+        if not ok:
+            problems.append(f"field {key!r} is {_shown(value)}; must be {allowed}")
+    return problems
+
+
 def read_final(run_dir: str | Path) -> dict:
-    """One summary row: the run's final.json plus ``run`` (the folder)."""
+    """One summary row: the run's final.json plus ``run`` (the folder).  Its fields are checked
+    first (``_field_problems``): a field of the wrong type or unknown is a RunError naming it."""
     path = Path(run_dir) / "final.json"
     if not path.exists():
         raise FileNotFoundError(f"run {run_dir}: {path} is missing (did the run finish?)")
@@ -84,6 +139,9 @@ def read_final(run_dir: str | Path) -> dict:
         raise RunError(f"run {run_dir}: {path} is not valid JSON ({err}); re-run the run's training") from None
     if not isinstance(final, dict):
         raise RunError(f"run {run_dir}: {path} holds a {type(final).__name__}, not a JSON object; re-run the run's training")
+    problems = _field_problems(final)
+    if problems:
+        raise RunError(f"run {run_dir}: {path}: " + "; ".join(problems) + "; re-run the run's training")
     row = {"run": str(run_dir)}
     # Factors named in the folder are a fallback for keys final.json lacks.
     for key, value in parse_run_dir(str(run_dir)).items():
@@ -126,9 +184,9 @@ def aggregate(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     probed already (``RUN/trace.csv``) also get their ``inference_stages`` columns."""
     rows = [read_final(d) for d in run_dirs]
     for row in rows:
-        path = Path(row["run"]) / "trace.csv"
-        trace = pd.read_csv(path) if path.exists() and "T" in row else None
-        if trace is not None and {"step", "layer", "metric", "value"} <= set(trace.columns):
+        path = Path(row["run"]) / RUN_FILES["traces"]
+        trace = _read_run_table(row["run"], "traces") if path.exists() and "T" in row else None
+        if trace is not None and len(trace):
             row.update(inference_stages(trace, int(row["T"])))
     if not rows:
         raise ValueError("no runs to aggregate")
@@ -166,32 +224,70 @@ def factor_columns(summary: pd.DataFrame) -> list[str]:
     return cols
 
 
-def _attach(summary: pd.DataFrame, filename: str, missing_ok: bool,
-            rename: dict[str, str] | None = None) -> pd.DataFrame:
-    """Concatenate ``RUN/filename`` of every run with ``run`` and the factor columns in
-    front (columns of the file renamed by ``rename`` first)."""
+#: Each long table: the run file it is made of (in the run folder), its columns renamed (the
+#: probe's T and eta, which would clash with the training factors) and the columns it must have.
+RUN_FILES = {"curves": "metrics.csv", "traces": "trace.csv", "sensitivity": "sensitivity.csv",
+             "linear_probes": "linear_probes.csv", "alignment": "alignment.csv", "clamp": "clamp/clamp.csv"}
+RENAMED = {"sensitivity": {"T": "test_T", "eta": "test_eta"}}
+TABLE_COLUMNS = {
+    "curves": ("epoch",),
+    "traces": ("step", "layer", "metric", "value"),
+    "sensitivity": ("eta_factor", "test_T", "metric", "value"),
+    "linear_probes": ("step", "layer", "metric", "value"),
+    "alignment": ("epoch", "layer", "metric", "value"),
+    "clamp": ("mode", "label", "metric", "value"),
+}
+#: Columns that must hold numbers (where the table has rows).
+NUMERIC_COLUMNS = ("epoch", "step", "value", "eta_factor", "test_T")
+
+
+def _read_run_table(run: str, table: str) -> pd.DataFrame:
+    """The run file of ``table`` (RUN_FILES) with its columns renamed; a file that is not a CSV
+    table, or whose rows lack a column of TABLE_COLUMNS or hold text in a numeric one, is a
+    RunError naming the file and the column."""
+    path = Path(run) / RUN_FILES[table]
+    rename = RENAMED.get(table, {})
+    try:
+        df = pd.read_csv(path).rename(columns=rename)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise RunError(f"run {run}: {path} is not a readable CSV table "
+                       f"({str(err).splitlines()[0]}); re-run the job that writes it") from None
+    if df.empty:
+        return df
+    original = {new: old for old, new in rename.items()}
+    missing = [original.get(c, c) for c in TABLE_COLUMNS[table] if c not in df]
+    if missing:
+        raise RunError(f"run {run}: {path} lacks the column(s) {', '.join(missing)} (it has "
+                       f"{', '.join(map(str, df.columns))}); re-run the job that writes it")
+    for col in (c for c in NUMERIC_COLUMNS if c in TABLE_COLUMNS[table]):
+        bad = df[col][pd.to_numeric(df[col], errors="coerce").isna() & df[col].notna()]
+        if len(bad):
+            raise RunError(f"run {run}: {path} column {original.get(col, col)} holds {bad.iloc[0]!r}, "
+                           "not a number; re-run the job that writes it")
+    return df
+
+
+def _attach(summary: pd.DataFrame, table: str, missing_ok: bool) -> pd.DataFrame:
+    """Concatenate the run file of ``table`` (RUN_FILES) of every run with ``run`` and the
+    factor columns in front."""
     cols = factor_columns(summary)
     frames = []
     for _, row in summary.iterrows():
-        path = Path(row["run"]) / filename
+        path = Path(row["run"]) / RUN_FILES[table]
         if not path.exists():
             if missing_ok:
                 continue
             raise FileNotFoundError(f"run {row['run']}: {path} is missing")
-        try:
-            table = pd.read_csv(path).rename(columns=rename or {})
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
-            raise RunError(f"run {row['run']}: {path} is not a readable CSV table "
-                           f"({str(err).splitlines()[0]}); re-run the job that writes it") from None
-        if table.empty:
+        frame = _read_run_table(row["run"], table)
+        if frame.empty:
             continue
-        clash = sorted(set(table.columns) & ({"run"} | set(cols)))
+        clash = sorted(set(frame.columns) & ({"run"} | set(cols)))
         if clash:
             raise ValueError(f"run {row['run']}: columns {clash} of {path} clash with the factor columns")
         for c in reversed(cols):
-            table.insert(0, c, row[c])
-        table.insert(0, "run", row["run"])
-        frames.append(table)
+            frame.insert(0, c, row[c])
+        frame.insert(0, "run", row["run"])
+        frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=["run", *cols])
     return pd.concat(frames, ignore_index=True)
@@ -200,7 +296,7 @@ def _attach(summary: pd.DataFrame, filename: str, missing_ok: bool,
 def curves(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) -> pd.DataFrame:
     """All runs' ``metrics.csv`` (training curves) with factor columns."""
     summary = aggregate(run_dirs) if summary is None else summary
-    return _attach(summary, "metrics.csv", missing_ok=False)
+    return _attach(summary, "curves", missing_ok=False)
 
 
 def traces(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -209,32 +305,32 @@ def traces(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) 
     Runs without a trace (e.g. ``ae`` runs, which have no inference) are skipped.
     """
     summary = aggregate(run_dirs) if summary is None else summary
-    return _attach(summary, "trace.csv", missing_ok=True)
+    return _attach(summary, "traces", missing_ok=True)
 
 
 def sensitivity(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) -> pd.DataFrame:
     """All runs' ``sensitivity.csv`` (test-time T x eta grid) with factor columns; the
     probe's ``T``/``eta`` become ``test_T``/``test_eta``."""
     summary = aggregate(run_dirs) if summary is None else summary
-    return _attach(summary, "sensitivity.csv", missing_ok=True, rename={"T": "test_T", "eta": "test_eta"})
+    return _attach(summary, "sensitivity", missing_ok=True)
 
 
 def linear_probes(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) -> pd.DataFrame:
     """All runs' ``linear_probes.csv`` (per-layer probes) with factor columns."""
     summary = aggregate(run_dirs) if summary is None else summary
-    return _attach(summary, "linear_probes.csv", missing_ok=True)
+    return _attach(summary, "linear_probes", missing_ok=True)
 
 
 def alignment(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) -> pd.DataFrame:
     """All runs' training-time ``alignment.csv`` (PC-vs-BP cosines per epoch) with factor columns."""
     summary = aggregate(run_dirs) if summary is None else summary
-    return _attach(summary, "alignment.csv", missing_ok=True)
+    return _attach(summary, "alignment", missing_ok=True)
 
 
 def clamp(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) -> pd.DataFrame:
     """All runs' ``clamp/clamp.csv`` (clamping modes) with factor columns."""
     summary = aggregate(run_dirs) if summary is None else summary
-    return _attach(summary, "clamp/clamp.csv", missing_ok=True)
+    return _attach(summary, "clamp", missing_ok=True)
 
 
 #: Image kinds in the images table, in drawing order.
@@ -245,6 +341,32 @@ def _image_rows(run: str, kind: str, pixels: np.ndarray, labels) -> dict:
     n = len(pixels)
     return {"run": np.full(n, run), "kind": np.full(n, kind), "pos": np.arange(n),
             "label": np.asarray(labels, dtype=np.int64), "pixels": np.asarray(pixels, dtype=np.float32)}
+
+
+def _load_arrays(run: str, path: Path, needed: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays of a run's .npz (a .npy: ``{"generated": array}``); a file that cannot be
+    read, lacks an array of ``needed`` or holds images that are not 2-D (n x pixels) is a
+    RunError naming it."""
+    import zipfile
+
+    try:
+        if path.suffix == ".npy":
+            arrays = {"generated": np.load(path, allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise RunError(f"run {run}: {path} is not a readable NumPy file ({type(err).__name__}: {err}); "
+                       "re-run the job that writes it") from None
+    missing = [k for k in needed if k not in arrays]
+    if missing:
+        raise RunError(f"run {run}: {path} lacks the array(s) {', '.join(missing)} (it has "
+                       f"{', '.join(arrays) or 'none'}); re-run the job that writes it")
+    flat = [k for k, a in arrays.items() if k in (*needed, "generated") and k != "y" and a.ndim != 2]
+    if flat:
+        raise RunError(f"run {run}: {path} array {flat[0]} has shape {arrays[flat[0]].shape}, "
+                       "not (images, pixels); re-run the job that writes it")
+    return arrays
 
 
 def images(run_dirs: Iterable[str | Path], clamp_runs: Iterable[str | Path] | None = None) -> dict[str, np.ndarray]:
@@ -258,17 +380,17 @@ def images(run_dirs: Iterable[str | Path], clamp_runs: Iterable[str | Path] | No
     for d in run_dirs:
         run, path = str(d), Path(d)
         if (path / "images.npz").exists():
-            with np.load(path / "images.npz") as z:
-                parts += [_image_rows(run, k, z[k], z["y"]) for k in ("x", "recon", "gen")]
+            z = _load_arrays(run, path / "images.npz", ("x", "recon", "gen", "y"))
+            parts += [_image_rows(run, k, z[k], z["y"]) for k in ("x", "recon", "gen")]
         if clamped is not None and run not in clamped:
             continue
         if (path / "clamp" / "generated.npy").exists():
-            gen = np.load(path / "clamp" / "generated.npy")
+            gen = _load_arrays(run, path / "clamp" / "generated.npy", ())["generated"]
             parts.append(_image_rows(run, "generated", gen, np.arange(len(gen))))
         if (path / "clamp" / "clamp_images.npz").exists():
-            with np.load(path / "clamp" / "clamp_images.npz") as z:
-                labels = z["labels"] if "labels" in z else np.full(len(z["original"]), -1)
-                parts += [_image_rows(run, k, z[k], labels) for k in ("original", "occluded", "completed")]
+            z = _load_arrays(run, path / "clamp" / "clamp_images.npz", ("original", "occluded", "completed"))
+            labels = z["labels"] if "labels" in z else np.full(len(z["original"]), -1)
+            parts += [_image_rows(run, k, z[k], labels) for k in ("original", "occluded", "completed")]
     if not parts:
         return {"run": np.array([], dtype=str), "kind": np.array([], dtype=str), "pos": np.zeros(0, np.int64),
                 "label": np.zeros(0, np.int64), "pixels": np.zeros((0, 0), np.float32)}

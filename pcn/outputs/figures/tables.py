@@ -11,20 +11,17 @@ import zipfile
 import pandas as pd
 
 from pcn.errors import PcnError
+from pcn.outputs.aggregate import TABLE_COLUMNS
 
 #: every table a figure can read (``pcn figure --NAME FILE``)
 TABLES = ("summary", "curves", "traces", "sensitivity", "linear_probes", "alignment", "clamp", "images")
 
 #: Columns a table must have wherever a figure reads it; each entry is a group of alternative
-#: names, one of which must be present (the images table: the arrays of its .npz).
+#: names, one of which must be present: ``run`` and the columns pcn aggregate requires of the
+#: table (pcn.outputs.aggregate.TABLE_COLUMNS; the images table: the arrays of its .npz).
 COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
     "summary": (("run",),),
-    "curves": (("run",), ("epoch",)),
-    "traces": (("run",), ("step",), ("metric",), ("value",)),
-    "sensitivity": (("run",), ("test_T",), ("eta_factor",), ("metric",), ("value",)),
-    "linear_probes": (("run",), ("step",), ("layer",), ("metric",), ("value",)),
-    "alignment": (("run",), ("epoch",), ("layer",), ("metric",), ("value",)),
-    "clamp": (("run",), ("mode",), ("label",), ("metric",), ("value",)),
+    **{table: (("run",),) + tuple((c,) for c in cols) for table, cols in TABLE_COLUMNS.items()},
     "images": (("run",), ("kind",), ("pos",), ("label",), ("pixels",)),
 }
 
