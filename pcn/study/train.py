@@ -7,7 +7,8 @@ with a SHA-256; the one before is kept as ``ckpt.pt.prev``); started again, a ru
 the newest intact checkpoint and ends bitwise equal to an uninterrupted run on CPU, and every
 output is written again.  A damaged checkpoint is moved aside (``ckpt.pt.<reason>``) with a
 warning.  A run folder or checkpoint of another config is refused before anything is written
-(or, with ``restart_if_changed``, its checkpoint is moved aside and the run starts afresh).
+(or, with ``restart_if_changed``, its checkpoint is moved aside and the run starts afresh), and so
+is a run folder that another ``pcn train`` is running in (an OS lock, ``.pcn-train.lock``).
 A non-finite loss stops the run cleanly: the outputs are written with diverged = true and
 where it happened.
 """
@@ -30,7 +31,7 @@ from pcn.core.model import PCN
 from pcn.core.stepsize import spectral_norm
 from pcn.errors import PcnError, UsageError
 from pcn.study import config as config_mod
-from pcn.study import data, provenance, store
+from pcn.study import data, provenance, runlock, store
 from pcn.study.alignment import grad_alignment
 from pcn.study.evaluate import evaluate
 from pcn.study.store import atomic_save, build_model, write_text
@@ -262,7 +263,8 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
     """Train one run to completion (or divergence); return the final metrics dict.
 
     Everything that can refuse the run (config, paths, data, a run folder or checkpoint of
-    another config) is checked before the first file is written."""
+    another config, another pcn train holding the folder: pcn.study.runlock) is checked before
+    the first file is written; the folder's lock is held until the run returns."""
     cfg = config_mod.resolve(cfg, for_run=True)
     if str(out) == "":
         raise UsageError("--out: empty path (give the run's output folder)")
@@ -274,8 +276,18 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
     _check_folder(ckpt_path.parent, "--ckpt-dir" if ckpt_dir else "--out")
     dev = pick_device(device)
     ds = data.load(cfg)
+    _look(cfg, out, ckpt_path, restart_if_changed)  # a refused run writes nothing, not even the lock
+    # One pcn train per run folder (and checkpoint folder): the lock is the first thing written.
+    folders = {"--out": out} | ({"--ckpt-dir": ckpt_path.parent} if ckpt_dir else {})
+    with runlock.hold(folders):
+        return _train_locked(cfg, out, ckpt_path, dev, ds, log, restart_if_changed, on_start)
 
-    # A run folder or checkpoint of another config: refuse, or (restart_if_changed) set it aside.
+
+def _look(cfg: dict, out: Path, ckpt_path: Path, restart_if_changed: bool) -> tuple:
+    """What the run folder and checkpoints hold: (config.json's config or None, its keys that
+    differ from ``cfg``, damaged checkpoints, the checkpoint to resume or None, checkpoints of
+    another config).  Without ``restart_if_changed`` a run folder or checkpoint of another config
+    is refused (RefusedError)."""
     old_cfg = _read_json(out / "config.json")
     out_diff = _differing(old_cfg, cfg) if old_cfg is not None else []
     damaged, ck, other = _scan_checkpoints(ckpt_path, cfg)
@@ -285,7 +297,14 @@ def train(cfg: dict, out: str | Path, ckpt_dir: str | Path | None = None, device
         if other and ck is None:
             path, old_ck, diff = other[0]
             raise RefusedError(_refusal("checkpoint", path, diff, old_ck["config"], cfg, out, ckpt_path))
+    return old_cfg, out_diff, damaged, ck, other
 
+
+def _train_locked(cfg: dict, out: Path, ckpt_path: Path, dev: torch.device, ds: data.Dataset,
+                  log: Callable[[str], None], restart_if_changed: bool,
+                  on_start: Callable[[torch.device], None] | None) -> dict:
+    """The run itself, with its folders locked; the folders are looked at again under the lock."""
+    old_cfg, out_diff, damaged, ck, other = _look(cfg, out, ckpt_path, restart_if_changed)
     if on_start is not None:
         on_start(dev)
     out.mkdir(parents=True, exist_ok=True)
