@@ -56,3 +56,10 @@ def test_readme_quick_start_is_three_commands():
     block = re.search(r"## Quick start.*?```bash\n(.*?)```", readme, flags=re.S).group(1)
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
     assert commands == ['pip install -e ".[test]"', "snakemake --cores 8", "python -m pytest -q"]
+
+
+def test_every_package_is_listed_in_pyproject():
+    """A package folder missing from [tool.setuptools] packages would be left out of a wheel."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "pcn").rglob("__init__.py")}
+    assert found == listed, (found - listed, listed - found)
