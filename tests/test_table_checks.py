@@ -112,6 +112,25 @@ def test_images_table_without_pixels_is_one_line(tmp_path, capsys):
     assert code == 1 and len(err.strip().splitlines()) == 1 and "missing column(s) pixels" in err, err
 
 
+def test_images_table_of_uneven_arrays_is_one_line(tmp_path, capsys):
+    path = tmp_path / "images.npz"
+    np.savez(path, run=np.array(["r", "r"]), kind=np.array(["x", "x"]), pos=np.arange(2), label=np.arange(2),
+             pixels=np.zeros(5))
+    code, _, err = cli(["figure", "images", "--images", path, "--out", tmp_path / "i.png"], capsys)
+    assert code == 1 and "pixels has shape (5,) and 2 images" in err, err
+
+
+def test_odd_values_in_present_columns_draw_without_a_traceback(tmp_path, capsys):
+    """Empty text cells, text where numbers belong: the figure draws (empty panels) instead of failing."""
+    summary = _csv(tmp_path / "s.csv", list(ROWS["summary"]),
+                   [{**ROWS["summary"], "rule": None, "ce_weight": "abc", "test_acc": "high"}])
+    traces = _csv(tmp_path / "t.csv", list(ROWS["traces"]), [{**ROWS["traces"], "layer": None, "value": "v"}])
+    for name, extra in (("tradeoff", []), ("ce_weight", []), ("inference", ["--traces", traces])):
+        code, stdout, err = cli(["figure", name, "--summary", summary, *extra, "--out", tmp_path / f"{name}.png"],
+                                capsys)
+        assert code == 0 and err == "" and "wrote" in stdout, (name, err)
+
+
 def test_draw_names_the_table_without_a_file():
     with pytest.raises(figures.TableError, match="the summary table: missing column.s. ce_weight"):
         figures.draw("inference_gain", {"summary": pd.DataFrame({"run": ["r"]})}, "/nonexistent/x.png")

@@ -213,7 +213,8 @@ def factor_columns(summary: pd.DataFrame) -> list[str]:
     config_keys = set(defaults()) - NOT_FACTORS
     cols = [c for c in KEY_FACTORS if c in summary]
     arm = [c for c in ("model", "rule", "init") if c in summary]
-    group = (summary[arm].astype(str).agg("/".join, axis=1) if arm else pd.Series("", index=summary.index))
+    group = (summary[arm].astype(str).fillna("").agg("/".join, axis=1) if arm
+             else pd.Series("", index=summary.index))
     # the arm factors themselves: init (not a key factor) is one wherever it is swept
     cols += [c for c in arm if c not in cols and summary[c].astype(str).nunique() > 1]
     for c in summary.columns:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import seaborn as sns
 
 from pcn.outputs.figures.common import _empty
@@ -76,7 +77,21 @@ def draw(name: str, tables: dict, out: str | Path, sources: dict[str, str] | Non
     empty = empty_table(name, tables)
     if empty:
         return save(_empty_figure(name, f"{sources.get(empty, f'the {empty} table')} has no rows: nothing to draw"), out)
-    return save(func({k: v for k, v in tables.items() if v is not None and (k in needed or n_rows(v))}), out)
+    return save(func({k: _text_filled(v) for k, v in tables.items() if v is not None and (k in needed or n_rows(v))}),
+                out)
+
+
+#: Columns that name a line or panel (text): an empty cell is read as empty text.
+TEXT_COLUMNS = ("dataset", "model", "rule", "init")
+
+
+def _text_filled(table):
+    """``table`` with the empty cells of its TEXT_COLUMNS as "" (pandas reads them as nan,
+    which would end the line labels); other tables (the images) unchanged."""
+    if not isinstance(table, pd.DataFrame):
+        return table
+    gaps = [c for c in TEXT_COLUMNS if c in table and table[c].isna().any()]
+    return table.assign(**{c: table[c].astype(object).where(table[c].notna(), "") for c in gaps}) if gaps else table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -60,7 +60,7 @@ def _prepare(df: pd.DataFrame, extra_label: list[str] | None = None) -> pd.DataF
     df["label"] = label
     df["facet"] = df["dataset"].astype(str) if "dataset" in df else ""
     df["ce_weight"] = pd.to_numeric(df["ce_weight"], errors="coerce") if "ce_weight" in df else np.nan
-    df["w"] = "w=" + df["ce_weight"].map(_fmt)
+    df["w"] = "w=" + df["ce_weight"].map(_fmt).astype(str)  # astype: an empty map is float
     return df
 
 

@@ -71,6 +71,17 @@ def check_columns(figure: str, table: str, data, source: str | None = None) -> N
     if missing:
         raise TableError(f"{source or f'the {table} table'}: missing column(s) {', '.join(_names(missing))}; "
                          f"figure {figure} needs {', '.join(_names(groups))}; the table has {_listed(have)}")
+    if not isinstance(data, pd.DataFrame):
+        _check_arrays(data, source or f"the {table} table")
+
+
+def _check_arrays(data: dict, source: str) -> None:
+    """The images table: ``pixels`` is (images, pixels) and every array has one entry per image."""
+    n, shape = len(data["run"]), getattr(data["pixels"], "shape", ())
+    uneven = [k for k in COLUMNS["images"] if len(data[k[0]]) != n]
+    if len(shape) != 2 or uneven:
+        raise TableError(f"{source}: pixels has shape {shape} and {n} images are named in run; every array must "
+                         f"have one row per image and pixels must be (images, pixels)")
 
 
 def read(path: str | None, what: str, required: bool):
