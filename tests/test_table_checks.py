@@ -131,6 +131,27 @@ def test_odd_values_in_present_columns_draw_without_a_traceback(tmp_path, capsys
         assert code == 0 and err == "" and "wrote" in stdout, (name, err)
 
 
+def test_curves_given_as_the_summary_is_one_line(tmp_path, capsys):
+    """curves.csv has every column of the summary a figure reads, one row per epoch: refused."""
+    rows = [{**ROWS["summary"], "epoch": e} for e in (1, 2)]
+    path = _csv(tmp_path / "curves.csv", list(rows[0]), rows)
+    code, _, err = cli(["figure", "tradeoff", "--summary", path, "--out", tmp_path / "t.png"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"--summary {path}: run r is in 2 rows; the summary has one row per run" in err
+    assert not (tmp_path / "t.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["npy", "csv"])
+def test_images_file_that_is_not_an_npz_is_one_line(tmp_path, capsys, kind):
+    path = tmp_path / f"images.{kind}"
+    if kind == "npy":
+        np.save(path, np.zeros(3))
+    else:
+        _csv(path, list(ROWS["summary"]), [ROWS["summary"]])
+    code, _, err = cli(["figure", "images", "--images", path, "--out", tmp_path / "i.png"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "not an .npz archive" in err, err
+
+
 def test_draw_names_the_table_without_a_file():
     with pytest.raises(figures.TableError, match="the summary table: missing column.s. ce_weight"):
         figures.draw("inference_gain", {"summary": pd.DataFrame({"run": ["r"]})}, "/nonexistent/x.png")
@@ -158,6 +179,13 @@ def test_aggregate_refuses_fields_of_the_wrong_type_in_one_line(tmp_path, capsys
     assert "field 'test_acc' is \"high\" (str); must be a number or null" in lines[0]
     assert "field 'config' is not one pcn train writes" in lines[0] and "final.json" in lines[0]
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_aggregate_counts_a_run_given_twice_once(tmp_path, capsys):
+    run = _run(tmp_path, _good_final())
+    code, stdout, err = cli(["aggregate", "--runs", run, run, "--out", tmp_path / "s.csv"], capsys)
+    assert code == 0 and "1 runs" in stdout, err
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 1
 
 
 @pytest.mark.parametrize("key, value, needle", [

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import zipfile
 from pathlib import Path
 from typing import Iterable
 
@@ -405,7 +406,10 @@ def images(run_dirs: Iterable[str | Path], clamp_runs: Iterable[str | Path] | No
 
 
 def read_images(path: str | Path) -> dict[str, np.ndarray]:
-    """An images table written by ``pcn aggregate --images-out``."""
+    """An images table written by ``pcn aggregate --images-out``; a file that is not an .npz
+    archive (a .npy array, a CSV) is a ValueError."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise ValueError("not an .npz archive (pcn aggregate --images-out writes one)")
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
@@ -498,6 +502,7 @@ def run(args: argparse.Namespace) -> int:
     run_dirs = list(args.runs or [])
     if getattr(args, "runs_from", None):
         run_dirs += _read_list(args.runs_from)
+    run_dirs = list(dict.fromkeys(run_dirs))  # a run given twice is one row
     if not run_dirs:
         raise SystemExit("pcn aggregate: no runs given (--runs DIR ... or --runs-from FILE)")
     tables = {"curves_out": curves, "traces_out": traces, "sensitivity_out": sensitivity,

@@ -1,7 +1,8 @@
 """The tables a figure reads: reading them from their files and checking their columns.
 
 A table that lacks a column a figure needs is refused in one line (:class:`TableError`) that
-names the table, the missing columns, every column the figure needs and those the table has; a
+names the table, the missing columns, every column the figure needs and those the table has; so
+is a summary that names a run in more than one row (another table given as the summary).  A
 table with no rows is not an error here (the figure says so in an empty panel instead).
 """
 from __future__ import annotations
@@ -71,8 +72,19 @@ def check_columns(figure: str, table: str, data, source: str | None = None) -> N
     if missing:
         raise TableError(f"{source or f'the {table} table'}: missing column(s) {', '.join(_names(missing))}; "
                          f"figure {figure} needs {', '.join(_names(groups))}; the table has {_listed(have)}")
+    if table == "summary":
+        _check_one_row_per_run(data, source or "the summary table")
     if not isinstance(data, pd.DataFrame):
         _check_arrays(data, source or f"the {table} table")
+
+
+def _check_one_row_per_run(summary: pd.DataFrame, source: str) -> None:
+    """The summary has one row per run: a run named in several rows means another table
+    (curves.csv has the summary's columns too, one row per epoch) was given as the summary."""
+    counts = summary["run"].value_counts()
+    if len(counts) and counts.iloc[0] > 1:
+        raise TableError(f"{source}: run {counts.index[0]} is in {counts.iloc[0]} rows; the summary has one row "
+                         "per run (pcn aggregate --out): is this another table, such as curves.csv?")
 
 
 def _check_arrays(data: dict, source: str) -> None:
