@@ -10,7 +10,8 @@ import yaml
 from pcn.core.inference import init_latents
 from pcn.fast.dispatch import infer
 from pcn.study import config
-from pcn.study.store import build_model
+from pcn.study import data
+from pcn.study.store import build_model, load_model
 from pcn.study.train import build_optimizer, grads_fn, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def _grid_points(path: Path):
                         yield point
 
 
-@pytest.mark.parametrize("study", ["config.yaml", "test.yaml", "thesis.yaml", "full_mnist.yaml"])
+@pytest.mark.parametrize("study", ["config.yaml", "test.yaml", "thesis.yaml", "full_mnist.yaml", "zeros_arm.yaml"])
 def test_every_grid_point_moves_its_generative_weights(study):
     """No run is a random-feature classifier: one optimiser step on a batch changes every W_l
     and b_l of the generative model (pc at w = 1, which would not, is left out of the grids)."""
@@ -98,3 +99,25 @@ def test_bpc_classifies_better_than_pc_on_mnist(tmp_path, mnist_dir):
     assert gaps["bpc-ep"] < gaps["bpc"] / 10, gaps    # the small nudge stays near the free latents
     assert accs["bpc"] > 0.7 and accs["bpc"] > accs["pc"] + 0.15, accs   # measured: 0.81 against 0.54
     assert accs["bpc-ep"] > 0.7 and accs["bpc-ep"] > accs["pc"] + 0.15, accs   # measured: 0.81
+
+
+def test_pc_ep_from_zeros_classifies_by_inference_on_mnist(tmp_path, mnist_dir):
+    """The local rule of the zeros arm (issue 23): pc-ep with a small nudge, latents from z = 0,
+    learns far above chance, and the classifying is done by inference: at step 0 (z = 0) the
+    readout is at chance, at step T far above it."""
+    cfg = config.resolve(dict(data_dir=str(mnist_dir), rule="pc-ep", ce_weight=0.5, ep_beta=0.001, init="zeros",
+                              train_subset=3000, test_subset=500, val_size=100, eval_train_size=100,
+                              layers=[784, 64, 16], epochs=1, batch_size=32, T=20, eta=0.05, lr=5e-3))
+    final = train(cfg, tmp_path / "run")
+    assert final["test_acc"] > 0.55, final["test_acc"]                # chance: 0.1
+    assert final["train_nudge_gap"] < 1.0, final["train_nudge_gap"]   # the weights learn near the free state
+    model, _ = load_model(tmp_path / "run" / "model.pt")
+    ds = data.load(cfg)
+    x, y = ds.test.x, ds.test.y
+    with torch.no_grad():
+        z0 = init_latents(model, x, "zeros")
+        acc0 = float((model.readout(z0[-1]).argmax(1) == y).float().mean())
+        zT, _ = infer(model, x, z0, cfg["T"], cfg["eta"])
+        accT = float((model.readout(zT[-1]).argmax(1) == y).float().mean())
+    assert acc0 < 0.2, acc0
+    assert accT > acc0 + 0.4, (acc0, accT)
