@@ -17,7 +17,8 @@ from pathlib import Path
 from pcn.errors import PcnError, UsageError
 
 # Subcommands implemented in their own modules, each with add_arguments(parser) and run(args).
-PLUGINS = {"aggregate": "pcn.outputs.aggregate", "figure": "pcn.outputs.figures", "probe": "pcn.study.probe", "bench": "pcn.bench"}
+PLUGINS = {"aggregate": "pcn.outputs.aggregate", "figure": "pcn.outputs.figures", "probe": "pcn.study.probe", "judge": "pcn.study.judge",
+           "bench": "pcn.bench"}
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DEVICE_HELP = "auto (cuda when torch sees a GPU, else cpu), cpu, cuda or mps (Apple silicon); default auto"
 

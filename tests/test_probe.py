@@ -217,7 +217,13 @@ def test_clamp_outputs(loaded, tmp_path, one_thread):
     np.testing.assert_array_equal(npz["completed"][:, :392], npz["original"][:, :392])
     c = df[df["mode"] == "complete"].set_index("metric").value
     assert set(c.index) == {"completion_mse", "pixel_latent_mse", "mean_image_mse", "pca_mse", "pca_ls_mse",
-                            "pca_ridge", "vs_pca", "beats_pca", "settle", "completion_change", "acc"}
+                            "pca_ridge", "vs_pca", "beats_pca", "vs_mean_image", "beats_mean_image", "settle",
+                            "completion_change", "acc"}
+    assert c["beats_mean_image"] == float(c["completion_mse"] < c["mean_image_mse"])
+    assert c["vs_mean_image"] == pytest.approx(c["completion_mse"] / c["mean_image_mse"])
+    # the generation samples (no judge given: no judge_acc), GEN_SAMPLES per class
+    g = df[(df["mode"] == "generate") & (df.label == "all")].set_index("metric").value
+    assert g["n_samples"] == clamp.GEN_SAMPLES and "judge_acc" not in g and 0 < g["class_mean_dist"] < 2
     assert 0 < c["completion_mse"] < 2 and 0 < c["mean_image_mse"] < 1 and 0 < c["pca_mse"] < c["mean_image_mse"]
     assert c["pca_ridge"] in clamp.RIDGE_GRID and c["beats_pca"] == float(c["completion_mse"] < c["pca_mse"])
     # settle is finite and small-ish here (few steps on a tiny model); tests/test_clamp.py checks settling itself

@@ -14,6 +14,7 @@
 * ``alignment``: every ``RUN/alignment.csv`` written during training (PC-vs-BP cosine,
   run x epoch x layer x metric; pcn runs).
 * ``clamp``: every ``RUN/clamp/clamp.csv`` (run x mode x label x metric).
+* ``robustness``: every ``RUN/robustness.csv`` (run x corruption x level x step x metric; pcn runs).
 * ``images``: one .npz of images (one row per image: run, kind, pos, label, pixels)
   from ``RUN/images.npz`` (kinds x, recon, gen) and, where present, the clamp outputs
   ``RUN/clamp/generated.npy`` (kind generated) and ``RUN/clamp/clamp_images.npz``
@@ -152,21 +153,24 @@ def read_final(run_dir: str | Path) -> dict:
 
 
 #: Inference stages of the summary's step columns: step 0 (the initial guess), the training
-#: T, and 10 T (or the last probed step when the probe ran fewer).
-STAGES = ("step0", "T", "10T")
+#: T, 10 T and 100 T (each: or the last probed step when the probe ran fewer).
+STAGES = ("step0", "T", "10T", "100T")
+#: How far (accuracy as a fraction: 0.01 = 1 point) from its last value the accuracy may stray
+#: after ``steps_to_final_acc``.
+FINAL_ACC_TOL = 0.01
 STAGE_METRICS = ("acc", "gen_mse", "recon_mse", "energy")
 
 
 def inference_stages(trace: pd.DataFrame, T: int) -> dict:
     """Summary columns from one run's probe trace (``RUN/trace.csv``, whole-network rows):
     ``{metric}_{stage}`` for the metrics in STAGE_METRICS at the STAGES, ``probe_steps`` (the
-    last step probed) and the settling measure ``settle_{stage}`` = ||z^t - z^{t-1}|| / ||z^t||
-    over all latent layers (nan at step 0); a run whose inference has settled at T has a small
-    ``settle_T`` (docs/methods.md)."""
+    last step probed), the settling measure ``settle_{stage}`` = ||z^t - z^{t-1}|| / ||z^t||
+    over all latent layers (nan at step 0; a run whose inference has settled at T has a small
+    ``settle_T``, docs/methods.md) and ``steps_to_final_acc`` (``steps_to_final``)."""
     tr = trace.copy()
     tr["layer"] = tr["layer"].astype(str)
     last = int(tr["step"].max())
-    steps = {"step0": 0, "T": min(int(T), last), "10T": min(10 * int(T), last)}
+    steps = {"step0": 0, "T": min(int(T), last), "10T": min(10 * int(T), last), "100T": min(100 * int(T), last)}
     whole = tr[tr["layer"] == "all"].pivot_table(index="step", columns="metric", values="value")
     z2 = tr[(tr["metric"] == "z_norm") & (tr["layer"] != "all")].assign(sq=lambda d: d["value"] ** 2)
     znorm = z2.groupby("step")["sq"].sum() ** 0.5
@@ -177,18 +181,89 @@ def inference_stages(trace: pd.DataFrame, T: int) -> dict:
         dz = float(whole.at[t, "dz_norm"]) if "dz_norm" in whole and t in whole.index else float("nan")
         zn = float(znorm.get(t, float("nan")))
         out[f"settle_{stage}"] = dz / zn if zn > 0 else float("nan")
+    out["steps_to_final_acc"] = steps_to_final(whole["acc"]) if "acc" in whole else float("nan")
+    return out
+
+
+def steps_to_final(values: pd.Series, tol: float = FINAL_ACC_TOL) -> float:
+    """The first recorded step s (``values`` indexed by step) after which the value stays within
+    ``tol`` of its value at the last step: min s such that |v(t) - v(last)| <= tol for every
+    recorded t >= s (up to a rounding slack of 1e-9, so that a value exactly ``tol`` away counts as
+    within).  nan when the last value is not finite (a diverged inference)."""
+    v = pd.to_numeric(values, errors="coerce").sort_index()
+    if v.empty or not math.isfinite(float(v.iloc[-1])):
+        return float("nan")
+    off = ~((v - v.iloc[-1]).abs() <= tol + 1e-9)   # nan counts as off
+    later_off = off[::-1].cummax()[::-1]     # some step at or after t is off
+    return float(v.index[~later_off.to_numpy()][0])
+
+
+def corruption_label(corruption: str, level: float) -> str:
+    """Short name of a corruption of pcn/study/robustness.py for column names and legends:
+    none, noise0.25, pixels0.5, half."""
+    if corruption in ("none", "half"):
+        return corruption
+    return f"{corruption}{float(level):g}"
+
+
+def robustness_columns(table: pd.DataFrame, T: int) -> dict:
+    """Summary columns from one run's robustness table (pcn/study/robustness.py): per corruption
+    c (``corruption_label``: none, noise0.25, ..., half) ``robust_gain_T_{c}`` = acc(T) - acc(0)
+    and ``robust_gain_10T_{c}`` = acc(10 T) - acc(0): what inference adds to the first guess
+    on corrupted images (> 0: inference beats its own first guess)."""
+    acc = table[table["metric"] == "acc"]
+    out = {}
+    for (name, level), g in acc.groupby(["corruption", "level"], sort=False):
+        at = dict(zip(pd.to_numeric(g["step"]), pd.to_numeric(g["value"], errors="coerce")))
+        label = corruption_label(str(name), float(level))
+        for stage, t in (("T", int(T)), ("10T", 10 * int(T))):
+            out[f"robust_gain_{stage}_{label}"] = at.get(t, float("nan")) - at.get(0, float("nan"))
+    return out
+
+
+#: Summary columns from the clamp table: (mode, metric of label "all") -> column.
+CLAMP_COLUMNS = {
+    ("generate", "self_acc"): "gen_self_acc", ("generate", "judge_acc"): "gen_judge_acc",
+    ("generate", "judge_real_acc"): "gen_judge_real_acc", ("generate", "class_mean_dist"): "gen_class_mean_dist",
+    ("complete", "completion_mse"): "completion_mse", ("complete", "mean_image_mse"): "completion_mean_image_mse",
+    ("complete", "pca_mse"): "completion_pca_mse", ("complete", "beats_mean_image"): "completion_beats_mean_image",
+    ("complete", "beats_pca"): "completion_beats_pca",
+}
+
+
+def clamp_columns(table: pd.DataFrame) -> dict:
+    """Summary columns from one run's clamp table: CLAMP_COLUMNS, and the verdicts
+    ``completion_verdict_mean_image`` / ``completion_verdict_pca``: "beats" or "does not beat"
+    (empty where the comparison is undefined)."""
+    whole = table[table["label"].astype(str) == "all"]
+    vals = {(m, k): float(v) for m, k, v in zip(whole["mode"], whole["metric"], pd.to_numeric(whole["value"],
+                                                                                         errors="coerce"))}
+    out = {col: vals[key] for key, col in CLAMP_COLUMNS.items() if key in vals}
+    for base in ("mean_image", "pca"):
+        b = out.get(f"completion_beats_{base}", float("nan"))
+        out[f"completion_verdict_{base}"] = "" if not math.isfinite(b) else ("beats" if b > 0 else "does not beat")
     return out
 
 
 def aggregate(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     """One row per run from ``final.json``; every config key and result is a column.  Runs
-    probed already (``RUN/trace.csv``) also get their ``inference_stages`` columns."""
+    probed already (``RUN/trace.csv``) also get their ``inference_stages`` columns, those with
+    a ``RUN/robustness.csv`` its ``robustness_columns``, clamped ones (``RUN/clamp/clamp.csv``)
+    their ``clamp_columns``."""
     rows = [read_final(d) for d in run_dirs]
     for row in rows:
         path = Path(row["run"]) / RUN_FILES["traces"]
         trace = _read_run_table(row["run"], "traces") if path.exists() and "T" in row else None
         if trace is not None and len(trace):
             row.update(inference_stages(trace, int(row["T"])))
+        if (Path(row["run"]) / RUN_FILES["robustness"]).exists() and "T" in row:
+            table = _read_run_table(row["run"], "robustness")
+            if len(table):
+                row.update(robustness_columns(table, int(row["T"])))
+        if (Path(row["run"]) / RUN_FILES["clamp"]).exists():
+            table = _read_run_table(row["run"], "clamp")
+            if len(table):
+                row.update(clamp_columns(table))
     if not rows:
         raise ValueError("no runs to aggregate")
     df = pd.DataFrame(rows)
@@ -229,7 +304,8 @@ def factor_columns(summary: pd.DataFrame) -> list[str]:
 #: Each long table: the run file it is made of (in the run folder), its columns renamed (the
 #: probe's T and eta, which would clash with the training factors) and the columns it must have.
 RUN_FILES = {"curves": "metrics.csv", "traces": "trace.csv", "sensitivity": "sensitivity.csv",
-             "linear_probes": "linear_probes.csv", "alignment": "alignment.csv", "clamp": "clamp/clamp.csv"}
+             "linear_probes": "linear_probes.csv", "alignment": "alignment.csv", "clamp": "clamp/clamp.csv",
+             "robustness": "robustness.csv"}
 RENAMED = {"sensitivity": {"T": "test_T", "eta": "test_eta"}}
 TABLE_COLUMNS = {
     "curves": ("epoch",),
@@ -238,9 +314,10 @@ TABLE_COLUMNS = {
     "linear_probes": ("step", "layer", "metric", "value"),
     "alignment": ("epoch", "layer", "metric", "value"),
     "clamp": ("mode", "label", "metric", "value"),
+    "robustness": ("corruption", "level", "step", "metric", "value"),
 }
 #: Columns that must hold numbers (where the table has rows).
-NUMERIC_COLUMNS = ("epoch", "step", "value", "eta_factor", "test_T")
+NUMERIC_COLUMNS = ("epoch", "step", "value", "eta_factor", "test_T", "level")
 
 
 def _read_run_table(run: str, table: str) -> pd.DataFrame:
@@ -333,6 +410,12 @@ def clamp(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) -
     """All runs' ``clamp/clamp.csv`` (clamping modes) with factor columns."""
     summary = aggregate(run_dirs) if summary is None else summary
     return _attach(summary, "clamp", missing_ok=True)
+
+
+def robustness(run_dirs: Iterable[str | Path], summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """All runs' ``robustness.csv`` (inference from corrupted test images) with factor columns."""
+    summary = aggregate(run_dirs) if summary is None else summary
+    return _attach(summary, "robustness", missing_ok=True)
 
 
 #: Image kinds in the images table, in drawing order.
@@ -489,6 +572,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "one row per run x epoch x layer x metric")
     parser.add_argument("--clamp-out", metavar="CSV",
                         help="clamping modes of all runs (clamp/clamp.csv), one row per run x mode x label x metric")
+    parser.add_argument("--robustness-out", metavar="CSV",
+                        help="corrupted-input inference of all runs (robustness.csv), "
+                             "one row per run x corruption x level x step x metric")
     parser.add_argument("--images-out", metavar="NPZ",
                         help="images of all runs (images.npz and clamp images), one row per image")
     parser.add_argument("--parquet", action="store_true",
@@ -506,10 +592,12 @@ def run(args: argparse.Namespace) -> int:
     if not run_dirs:
         raise SystemExit("pcn aggregate: no runs given (--runs DIR ... or --runs-from FILE)")
     tables = {"curves_out": curves, "traces_out": traces, "sensitivity_out": sensitivity,
-              "linear_probes_out": linear_probes, "alignment_out": alignment, "clamp_out": clamp}
+              "linear_probes_out": linear_probes, "alignment_out": alignment, "clamp_out": clamp,
+              "robustness_out": robustness}
     if not (args.out or getattr(args, "images_out", None) or any(getattr(args, k, None) for k in tables)):
         raise SystemExit("pcn aggregate: nothing to write (give --out, --curves-out, --traces-out, "
-                         "--sensitivity-out, --linear-probes-out, --alignment-out, --clamp-out and/or --images-out)")
+                         "--sensitivity-out, --linear-probes-out, --alignment-out, --clamp-out, --robustness-out "
+                         "and/or --images-out)")
     summary = aggregate(run_dirs)
     if args.out:
         _write(summary, args.out)

@@ -1,15 +1,17 @@
 """Inference-dynamics probe of a trained run: traces, sensitivity, linear probes, alignment, clamping.
 
-``pcn probe --run RUN_DIR --out trace.csv [--steps N]`` writes the per-step trace table; the
-other outputs (``--sensitivity``, ``--linear-probes``, ``--alignment``, ``--clamp``,
-``--images``) are optional, and so is the trace (at least one output must be asked for).
+``pcn probe --run RUN_DIR --out trace.csv [--steps N] [--trace-factor K]`` writes the per-step
+trace table; the other outputs (``--sensitivity``, ``--linear-probes``, ``--alignment``,
+``--robustness``, ``--clamp``, ``--images``) are optional, and so is the trace (at least one
+output must be asked for).
 Everything here runs test-mode inference (x only, no label) with the run's own init, eta and
 momentum, on the first ``--n-test`` images of the run's test split.
 See docs/probing.md for every table's columns.
 
 This module holds the traces, the test-time sensitivity and the command line; the linear
-probes, the gradient alignment and the clamping modes live in pcn/study/linear_probe.py,
-pcn/study/alignment.py and pcn/study/clamp.py.
+probes, the gradient alignment, the corrupted-input inference and the clamping modes live in
+pcn/study/linear_probe.py, pcn/study/alignment.py, pcn/study/robustness.py and
+pcn/study/clamp.py (its generations scored by the judge of pcn/study/judge.py).
 """
 from __future__ import annotations
 
@@ -59,12 +61,26 @@ def default_probe_steps(T_train: int) -> int:
     return 10 * max(int(T_train), 1)
 
 
+def trace_steps(T_train: int, T_probe: int, trace_factor: int | None = None) -> int:
+    """Length of the trace: ``trace_factor`` x the training T (at least 1 step) when given,
+    else T_probe (the steps of the other probes)."""
+    if trace_factor is None:
+        return T_probe
+    return max(int(trace_factor) * max(int(T_train), 1), 1)
+
+
 def record_steps(T_train: int, T_probe: int, n_log: int = 30) -> list[int]:
     """Steps at which the trace is recorded: every step 0..min(T_train, T_probe), then
-    ``n_log`` log-spaced steps from T_train to T_probe (rounded, T_probe always included)."""
+    ``n_log`` log-spaced steps from T_train to T_probe (rounded), and the decades of the
+    training T, 10^k x T_train <= T_probe (so 10 T and 100 T are recorded exactly, as the
+    summary's step columns read them); T_probe always included."""
     steps = set(range(min(T_train, T_probe) + 1)) | {T_probe}
     if T_probe > max(T_train, 1) and n_log > 0:
         steps |= {int(round(s)) for s in np.geomspace(max(T_train, 1), T_probe, n_log)}
+    decade = max(int(T_train), 1)
+    while decade <= T_probe:
+        steps.add(decade)
+        decade *= 10
     return sorted(steps)
 
 
@@ -238,6 +254,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="trained run folder (model.pt, config.json)")
     p.add_argument("--out", metavar="FILE.csv", help="trace table CSV (step, layer, metric, value)")
     p.add_argument("--steps", type=int, metavar="N", help="T_probe, inference steps of the trace (default 10 x training T)")
+    p.add_argument("--trace-factor", type=int, metavar="K",
+                   help="the trace runs K x training T steps (default: --steps, T_probe); the workflow's probe.trace_factor")
     p.add_argument("--log-points", type=int, default=30, metavar="N", help="log-spaced trace steps past training T (default 30)")
     p.add_argument("--n-test", type=int, default=1000, metavar="N", help="first N test images probed (default 1000)")
     p.add_argument("--n-train", type=int, default=5000, metavar="N", help="first N training images that fit the linear probes (default 5000)")
@@ -251,6 +269,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--align-batch", type=int, default=128, metavar="N", help="training images in the alignment batch (default 128)")
     p.add_argument("--align-T", type=_int_list, metavar="T,T,...", help="inference lengths of the alignment (default: T, 10T)")
     p.add_argument("--checkpoints", nargs="*", default=[], metavar="FILE.pt", help="extra model.pt/ckpt.pt files for the alignment")
+    p.add_argument("--robustness", metavar="FILE.csv",
+                   help="write accuracy and gen_mse after inference from corrupted test images (noise, occlusion) "
+                        "at steps 0, T, 10 T (CSV; pcn/study/robustness.py)")
+    p.add_argument("--judge", metavar="FILE.pt",
+                   help="with --clamp: the dataset's judge classifier (pcn judge) that scores the label -> image "
+                        "generations")
+    p.add_argument("--gen-samples", type=int, default=None, metavar="K",
+                   help="with --clamp: label -> image samples per class scored by the judge and the class means "
+                        "(default 10; 0: none)")
     p.add_argument("--clamp", metavar="DIR", help="folder for the clamping modes (clamp.csv, PNG grids, clamp_images.npz)")
     p.add_argument("--images", metavar="FILE.npz",
                    help="write the first --n-images test digits with their reconstruction and generation (x, recon, gen, y)")
@@ -305,9 +332,19 @@ def run(args: argparse.Namespace) -> int:
     from pcn.study.train import pick_device
 
     log = lambda s: print(f"pcn probe: {s}", file=sys.stderr, flush=True)  # noqa: E731
-    outputs = ("out", "sensitivity", "linear_probes", "alignment", "clamp", "images")
+    outputs = ("out", "sensitivity", "linear_probes", "alignment", "robustness", "clamp", "images")
     if not any(getattr(args, k, None) for k in outputs):
-        log("nothing to write: give --out, --sensitivity, --linear-probes, --alignment, --clamp and/or --images")
+        log("nothing to write: give --out, --sensitivity, --linear-probes, --alignment, --robustness, --clamp "
+            "and/or --images")
+        return 2
+    if args.trace_factor is not None and args.trace_factor < 1:
+        log(f"--trace-factor {args.trace_factor}: must be 1 or more")
+        return 2
+    if args.gen_samples is not None and args.gen_samples < 0:
+        log(f"--gen-samples {args.gen_samples}: must be 0 or more")
+        return 2
+    if getattr(args, "judge", None) and not args.clamp:
+        log("--judge scores the clamp job's generations: give --clamp DIR too")
         return 2
     if args.threads is not None and args.threads < 1:
         log(f"--threads {args.threads}: must be 1 or more")
@@ -325,7 +362,9 @@ def run(args: argparse.Namespace) -> int:
     T_probe = args.steps or default_probe_steps(cfg["T"])
     log(f"{args.run}: model {cfg['model']}, {len(y)} test images, T_probe {T_probe}")
     if args.out:
-        _timed(log, "trace", lambda: trace_table(model, x, y, cfg, T_probe, args.log_points, args.batch), args.out)
+        T_trace = trace_steps(cfg["T"], T_probe, args.trace_factor)
+        _timed(log, f"trace ({T_trace} steps)",
+               lambda: trace_table(model, x, y, cfg, T_trace, args.log_points, args.batch), args.out)
     if args.sensitivity:
         _timed(log, "sensitivity", lambda: sensitivity_table(model, x, y, cfg, tuple(args.eta_factors), args.batch),
                args.sensitivity)
@@ -335,9 +374,20 @@ def run(args: argparse.Namespace) -> int:
                                                                      args.batch), args.linear_probes)
     if args.alignment:
         _timed(log, "alignment", lambda: _alignment(args, model, cfg, ds), args.alignment)
+    if args.robustness:
+        from pcn.study import robustness
+
+        _timed(log, "robustness", lambda: robustness.robustness_table(model, x, y, cfg, args.batch), args.robustness)
     if args.clamp:
         t0 = time.perf_counter()
-        clamp.run_clamp(model, cfg, ds.train.x[:args.n_train].to(dev), x, y, args.clamp, T_probe)
+        judge = None
+        if args.judge:
+            from pcn.study.judge import load_judge
+
+            judge = load_judge(args.judge, str(dev))
+        samples = clamp.GEN_SAMPLES if args.gen_samples is None else args.gen_samples
+        clamp.run_clamp(model, cfg, ds.train.x[:args.n_train].to(dev), x, y, args.clamp, T_probe, judge=judge,
+                        samples=samples)
         log(f"clamp -> {args.clamp} ({time.perf_counter() - t0:.1f}s)")
     if args.images:
         t0 = time.perf_counter()
