@@ -611,6 +611,14 @@ def test_end_to_end_test_config(tmp_path):
     assert set(zip(s.model, s.rule)) == {("pcn", "pc"), ("pcn", "bp"), ("ae", "bp")}
     pcn_rows = s[s.model == "pcn"]   # the inference-stage columns come from the probe traces
     assert pcn_rows[["acc_step0", "acc_T", "acc_10T", "gen_mse_T", "settle_T"]].notna().all().all()
+    # the trace reaches 100 T (probe.trace_factor), the robustness gains and the judge's scores
+    assert (pcn_rows.probe_steps == 100 * pcn_rows["T"]).all()
+    assert pcn_rows[["acc_100T", "energy_100T", "steps_to_final_acc", "robust_gain_T_noise0.5",
+                     "robust_gain_10T_half"]].notna().all().all()
+    clamped = s[s.gen_judge_acc.notna()]
+    assert len(clamped) == 2 and clamped.gen_judge_acc.between(0, 1).all() and (clamped.gen_judge_real_acc > 0.9).all()
+    assert set(clamped.completion_verdict_mean_image) <= {"beats", "does not beat"}
+    assert pd.read_json(results / "judge" / "mnist.json", typ="series")["test_acc"] > 0.95
     assert sorted(s.ce_weight.unique()) == [0.0, 1.0] and set(s.seed) == {0}
     assert set(s.epochs_done) == {1} and set(s.layers) == {"784-32-8"}
     ok = s[~s.diverged.astype(bool)]
@@ -631,7 +639,7 @@ def test_end_to_end_test_config(tmp_path):
     assert (results / "logs" / "aggregate.log").exists()
 
     # the long tables also as Parquet: the same rows, typed columns
-    for name in ("curves", "traces", "sensitivity", "linear_probes", "alignment", "clamp"):
+    for name in ("curves", "traces", "sensitivity", "linear_probes", "alignment", "clamp", "robustness"):
         csv, pq = pd.read_csv(results / f"{name}.csv"), pd.read_parquet(results / f"{name}.parquet")
         assert list(pq.columns) == list(csv.columns) and len(pq) == len(csv) > 0, name
     assert pd.read_parquet(results / "traces.parquet")["step"].dtype.kind == "i"

@@ -7,8 +7,11 @@ rule aggregate:
     input:
         finals=[f"{r}/final.json" for r in RUNS],
         metrics=[f"{r}/metrics.csv" for r in RUNS],
-        # the summary's step-0 / T / 10 T columns come from the probe traces
+        # the summary's step-0 / T / 10 T / 100 T columns come from the probe traces, its
+        # robust_gain_* columns from robustness.csv, its gen_* / completion_* from the clamp
         traces=[f"{r}/trace.csv" for r in PCN_RUNS],
+        robustness=[f"{r}/robustness.csv" for r in ROBUSTNESS_RUNS],
+        clamp=[f"{r}/clamp/clamp.csv" for r in CLAMP_RUNS],
     output:
         summary=report(
             "results/summary.csv",
@@ -127,6 +130,26 @@ rule aggregate_clamp:
         runs=CLAMP_RUNS,
     shell:
         "python -m pcn aggregate --runs {params.runs:q} --clamp-out {output.csv:q} --parquet"
+        " > {log:q} 2>&1"
+
+
+rule aggregate_robustness:
+    input:
+        finals=[f"{r}/final.json" for r in ROBUSTNESS_RUNS],
+        tables=[f"{r}/robustness.csv" for r in ROBUSTNESS_RUNS],
+    output:
+        csv="results/robustness.csv",
+        parquet="results/robustness.parquet",
+    log:
+        "results/logs/aggregate_robustness.log",
+    localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.aggregate"),
+        runs=ROBUSTNESS_RUNS,
+    shell:
+        "python -m pcn aggregate --runs {params.runs:q} --robustness-out {output.csv:q} --parquet"
         " > {log:q} 2>&1"
 
 

@@ -268,6 +268,8 @@ def probe_args(*keys):
         "n_train": "--n-train",
         "eta_factors": "--eta-factors",
         "n_images": "--n-images",
+        "trace_factor": "--trace-factor",
+        "gen_samples": "--gen-samples",
     }
     args = []
     for key in keys:
@@ -324,8 +326,42 @@ logger.info(
     f"{len(CLAMP_RUNS)} of them clamped) on {', '.join(DATASETS)}"
 )
 
+#: Whether every pcn run gets robustness.csv, and the clamp jobs the dataset's judge (probe.robustness, probe.judge).
+ROBUSTNESS = bool(config["probe"].get("robustness", True))
+JUDGE = bool(config["probe"].get("judge", True))
+ROBUSTNESS_RUNS = PCN_RUNS if ROBUSTNESS else []
+
+
+def judge_file(dataset):
+    """The judge classifier of `dataset` (rule judge)."""
+    return f"results/judge/{dataset}.pt"
+
+
+def clamp_judge(wildcards):
+    """Input of a clamp job: its dataset's judge when probe.judge is on, else nothing."""
+    return [judge_file(run_factors(wildcards)["dataset"])] if JUDGE else []
+
+
+def clamp_judge_args(wildcards, input):
+    """`--judge FILE` of a clamp job (empty without a judge)."""
+    return f"--judge {shlex.quote(input.judge[0])}" if JUDGE else ""
+
+
+def robustness_args(wildcards, output):
+    """`--robustness FILE` of a probe job (empty when probe.robustness is false)."""
+    return f"--robustness {shlex.quote(output.robustness)}" if ROBUSTNESS else ""
+
+
 #: Long tables that aggregate writes as CSV and Parquet.
-LONG_TABLES = ["curves", "traces", "sensitivity", "linear_probes", "alignment", "clamp"]
+LONG_TABLES = [
+    "curves",
+    "traces",
+    "sensitivity",
+    "linear_probes",
+    "alignment",
+    "clamp",
+    "robustness",
+]
 
 
 def figure_targets():
@@ -341,6 +377,8 @@ def final_targets():
         tables += ["traces", "sensitivity", "alignment"]
     if CLAMP_RUNS:
         tables += ["clamp"]
+    if ROBUSTNESS_RUNS:
+        tables += ["robustness"]
     files = [f"results/{t}.csv" for t in tables]
     files += [f"results/{t}.parquet" for t in tables if t in LONG_TABLES]
     return files + ["results/images.npz"] + figure_targets()
