@@ -51,6 +51,10 @@ def _write_run(d: Path, model: str, w: float, seed: int, diverged: bool, clamped
     trace = [(s, "all", m, v) for s in range(0, 4 * T_TRAIN + 1)
              for m, v in (("energy", 10 / (s + 1)), ("acc", min(0.9, 0.1 + s / 10)))]
     trace.append((4 * T_TRAIN, "all", "first_nonfinite_step", np.nan))
+    # the relative update of the dynamics figure: ||dz|| = 1 / s, ||z|| = sqrt(3^2 + 4^2) = 5
+    trace += [(s, lay, "z_norm", v) for s in range(0, 4 * T_TRAIN + 1) for lay, v in (("1", 3.0), ("2", 4.0))]
+    trace += [(s, "all", "dz_norm", 1.0 / s) for s in range(1, 4 * T_TRAIN + 1)]
+    trace += [(s, "all", "gen_mse", 0.3 + 0.1 / (s + 1)) for s in range(0, 4 * T_TRAIN + 1)]
     pd.DataFrame(trace, columns=["step", "layer", "metric", "value"]).to_csv(d / "trace.csv", index=False)
     sens = []
     for k, t in itertools.product((0.5, 1.0, 2.0), (0, 1, 2, T_TRAIN, 2 * T_TRAIN, 10 * T_TRAIN)):
@@ -59,6 +63,14 @@ def _write_run(d: Path, model: str, w: float, seed: int, diverged: bool, clamped
                  (k, 0.02 * k, t, "recon_mse", np.inf if blown else 0.3 / (1 + t)),
                  (k, 0.02 * k, t, "nonfinite", 1.0 if blown else 0.0)]
     pd.DataFrame(sens, columns=["eta_factor", "eta", "T", "metric", "value"]).to_csv(d / "sensitivity.csv", index=False)
+    rob = []
+    for c, level in (("none", 0.0), ("noise", 0.5), ("pixels", 0.25), ("half", 0.5)):
+        for t in (0, T_TRAIN, 10 * T_TRAIN):   # inference gains on the corrupted images: acc rises with t
+            rob += [(c, level, t, "acc", np.nan if diverged else 0.4 + 0.01 * t - 0.1 * level),
+                    (c, level, t, "gen_mse", 0.2 + level), (c, level, t, "recon_mse", 0.1 + level)]
+        rob.append((c, level, 0, "input_mse", level ** 2))
+    pd.DataFrame(rob, columns=["corruption", "level", "step", "metric", "value"]).to_csv(d / "robustness.csv",
+                                                                                      index=False)
     al = []
     for epoch in range(2 if diverged else 3):
         zero = w == 1.0  # no energy term: the pc update of the generative weights is 0
@@ -118,6 +130,7 @@ def fake(tmp_path_factory):
         "linear_probes": agg.linear_probes(runs, summary),
         "alignment": agg.alignment(pcn_runs),
         "clamp": agg.clamp(clamped),
+        "robustness": agg.robustness(pcn_runs),
         "images": agg.images(runs, clamped),
     }
     return dict(root=root, runs=runs, clamped=clamped, pcn_runs=pcn_runs, tables=tables)
@@ -361,3 +374,41 @@ def test_the_inference_arms_are_drawn_apart_never_pooled():
             step0 = [l for l in ax.get_lines() if l.get_label() == "step0"]
             assert step0 and np.allclose(step0[0].get_ydata(), 0.1), [l.get_ydata() for l in step0]
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- issue 23: dynamics, robustness
+def test_dynamics_and_robustness_figures_are_written(fake, tmp_path):
+    """The two figures of issue 23 items 2-3 exist as PNG and PDF, drawn from the fixture tables."""
+    for name in ("dynamics", "robustness"):
+        png, pdf = figures.draw(name, fake["tables"], tmp_path / f"{name}.png")
+        assert png.exists() and pdf.exists() and png.stat().st_size > 10_000, name
+
+
+def test_dynamics_relative_update_and_its_lines(fake):
+    from pcn.outputs.figures.fixed_point import relative_update
+
+    t = fake["tables"]
+    rel = relative_update(t["traces"])
+    one = rel[rel.run == fake["pcn_runs"][0]].set_index("step")["value"]
+    assert 0 not in one.index and one[4] == pytest.approx((1 / 4) / 5) and one[20] == pytest.approx(1 / 100)
+    fig = figures.dynamics(t["traces"], t["summary"])
+    labels = {line.get_label() for ax in fig.get_axes() for line in ax.get_lines()}
+    assert {"pcn pc", "pcn bp", "pcn pc-ep"} <= labels and "ae" not in labels     # one line per rule
+    assert any(ax.get_ylabel().startswith("relative update") for ax in fig.get_axes())
+    assert len(fig.get_axes()) == 4 * len(WEIGHTS)                                  # 4 metrics x CE weights
+    figures.plt.close(fig)
+
+
+def test_robustness_figure_stages_and_columns(fake):
+    from pcn.outputs.figures.robustness import stage_of
+
+    assert list(stage_of(pd.Series([0, 5, 50, 7]), pd.Series([5, 5, 5, 5]))) == ["step 0", "T", "10 T", ""]
+    t = fake["tables"]
+    fig = figures.robustness(t["robustness"], t["summary"])
+    titles = {ax.get_title().split(" ")[0] for ax in fig.get_axes() if ax.get_title()}
+    assert titles == {"none", "noise0.5", "pixels0.25", "half"}
+    labels = {line.get_label() for ax in fig.get_axes() for line in ax.get_lines()}
+    assert {"step 0", "T", "10 T"} <= labels
+    figures.plt.close(fig)
+    with pytest.raises(figures.TableError, match="missing column"):
+        figures.draw("robustness", {"robustness": t["robustness"].drop(columns=["level"])}, "/tmp/never.png")

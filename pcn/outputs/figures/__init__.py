@@ -6,10 +6,11 @@ Each figure is one function taking DataFrames and returning a matplotlib
 epoch), ``traces.csv`` (run x step x layer x metric), ``sensitivity.csv`` (run x
 test-time eta x T x metric), ``linear_probes.csv`` (run x step x layer x metric),
 ``alignment.csv`` (run x epoch x layer x metric), ``clamp.csv`` (run x mode x
-label x metric) and ``images.npz`` (one row per image).
+label x metric), ``robustness.csv`` (run x corruption x level x step x metric) and
+``images.npz`` (one row per image).
 
 Figures: ``tradeoff``, ``ce_weight``, ``inference_gain`` (summary), ``curves`` (curves),
-``inference`` (traces), ``sensitivity``, ``probes`` (linear probes),
+``inference`` and ``dynamics`` (traces), ``sensitivity``, ``robustness``, ``probes`` (linear probes),
 ``alignment`` and ``images`` (images, with clamp metrics).  Every table a figure reads is
 checked for the columns it needs first: a missing one is named in one line, and a table
 with no rows gives a figure that says so.
@@ -26,6 +27,8 @@ Conventions shared by all figures
 #   common         the shared conventions and helpers (labels, palettes, lines, panels)
 #   summary        tradeoff, ce_weight, inference_gain (the summary table vs the CE weight)
 #   dynamics       inference, sensitivity (inference over its steps, test-time T and eta)
+#   fixed_point    dynamics (accuracy, gen_mse, energy, relative update out to 100 T, per rule)
+#   robustness     robustness (inference from corrupted images at steps 0, T, 10 T)
 #   training       curves, alignment (over the training epochs)
 #   linear_probes  probes (per-layer linear probes)
 #   image_grids    images (reconstruction, generation, label -> image, completion)
@@ -42,8 +45,10 @@ from pcn.outputs.figures.command import (  # noqa: F401
     FIGURES, OPTIONAL, add_arguments, draw, empty_table, main, run, save,
 )
 from pcn.outputs.figures.dynamics import inference, sensitivity  # noqa: F401
+from pcn.outputs.figures.fixed_point import dynamics  # noqa: F401
 from pcn.outputs.figures.image_grids import images  # noqa: F401
 from pcn.outputs.figures.linear_probes import probes  # noqa: F401
+from pcn.outputs.figures.robustness import robustness  # noqa: F401
 from pcn.outputs.figures.summary import ce_weight, inference_gain, tradeoff  # noqa: F401
 from pcn.outputs.figures.tables import (  # noqa: F401
     COLUMNS, FIGURE_COLUMNS, TABLES, TableError, check_columns,
@@ -54,5 +59,5 @@ __all__ = [
     "FIGURES", "OPTIONAL", "TABLES", "COLUMNS", "FIGURE_COLUMNS", "TableError", "check_columns",
     "add_arguments", "draw", "empty_table", "main", "run", "save",
     "tradeoff", "ce_weight", "inference_gain", "inference", "sensitivity", "curves", "alignment",
-    "probes", "images",
+    "probes", "images", "dynamics", "robustness",
 ]

@@ -11,8 +11,10 @@ import seaborn as sns
 
 from pcn.outputs.figures.common import _empty
 from pcn.outputs.figures.dynamics import inference, sensitivity
+from pcn.outputs.figures.fixed_point import dynamics
 from pcn.outputs.figures.image_grids import images
 from pcn.outputs.figures.linear_probes import probes
+from pcn.outputs.figures.robustness import robustness
 from pcn.outputs.figures.summary import ce_weight, inference_gain, tradeoff
 from pcn.outputs.figures.tables import TABLES, check_columns, n_rows, option, read
 from pcn.outputs.figures.training import alignment, curves
@@ -42,6 +44,8 @@ FIGURES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "probes": (lambda t: probes(t["linear_probes"], t.get("summary")), ("linear_probes",)),
     "alignment": (lambda t: alignment(t["alignment"], t.get("summary")), ("alignment",)),
     "images": (lambda t: images(t["images"], t.get("summary"), t.get("clamp")), ("images",)),
+    "dynamics": (lambda t: dynamics(t["traces"], t.get("summary")), ("traces",)),
+    "robustness": (lambda t: robustness(t["robustness"], t.get("summary")), ("robustness",)),
 }
 #: tables a figure reads when given, besides its own and the summary
 OPTIONAL: dict[str, tuple[str, ...]] = {"images": ("clamp",)}
@@ -105,6 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results/linear_probes.csv (pcn aggregate --linear-probes-out)")
     parser.add_argument("--alignment", metavar="CSV", help="results/alignment.csv (pcn aggregate --alignment-out)")
     parser.add_argument("--clamp", metavar="CSV", help="results/clamp.csv (pcn aggregate --clamp-out)")
+    parser.add_argument("--robustness", metavar="CSV",
+                        help="results/robustness.csv (pcn aggregate --robustness-out)")
     parser.add_argument("--images", metavar="NPZ", help="results/images.npz (pcn aggregate --images-out)")
     parser.add_argument("--out", required=True, metavar="PNG", help="output PNG; a PDF is written beside it")
 

@@ -15,7 +15,8 @@ from pcn.errors import PcnError
 from pcn.outputs.aggregate import TABLE_COLUMNS
 
 #: every table a figure can read (``pcn figure --NAME FILE``)
-TABLES = ("summary", "curves", "traces", "sensitivity", "linear_probes", "alignment", "clamp", "images")
+TABLES = ("summary", "curves", "traces", "sensitivity", "linear_probes", "alignment", "clamp", "robustness",
+          "images")
 
 #: Columns a table must have wherever a figure reads it; each entry is a group of alternative
 #: names, one of which must be present: ``run`` and the columns pcn aggregate requires of the
@@ -32,6 +33,8 @@ FIGURE_COLUMNS: dict[str, dict[str, tuple[tuple[str, ...], ...]]] = {
     "ce_weight": {"summary": (("ce_weight",), ("test_acc", "recon_mse", "gen_mse"))},
     "inference_gain": {"summary": (("ce_weight",),)},
     "curves": {"curves": (("test_acc", "val_acc", "recon_mse", "train_loss"),)},
+    # the stages step 0 / T / 10 T are told apart by the training T (from the summary when joined)
+    "robustness": {"robustness": (("T",), ("ce_weight",))},
 }
 
 
