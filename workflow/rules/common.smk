@@ -368,6 +368,9 @@ def figure_targets():
     names = ["tradeoff", "ce_weight", "curves", "probes", "images"]
     if PCN_RUNS:
         names += ["inference", "inference_gain", "sensitivity", "alignment"]
+        names += ["dynamics"]
+    if ROBUSTNESS_RUNS:
+        names += ["robustness"]
     return [f"results/figures/{n}.{ext}" for n in names for ext in ("png", "pdf")]
 
 

@@ -211,3 +211,51 @@ rule figure_alignment:
     shell:
         "python -m pcn figure alignment --summary {input.summary:q} --alignment {input.alignment:q}"
         " --out {output.png:q} > {log:q} 2>&1"
+
+
+rule figure_dynamics:
+    input:
+        summary="results/summary.csv",
+        traces="results/traces.csv",
+    output:
+        png=report(
+            "results/figures/dynamics.png",
+            caption="../report/dynamics.rst",
+            category="Figures",
+            subcategory="Inference dynamics",
+        ),
+        pdf="results/figures/dynamics.pdf",
+    log:
+        "results/logs/figures/dynamics.log",
+    localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.figures"),
+    shell:
+        "python -m pcn figure dynamics --summary {input.summary:q} --traces {input.traces:q}"
+        " --out {output.png:q} > {log:q} 2>&1"
+
+
+rule figure_robustness:
+    input:
+        summary="results/summary.csv",
+        robustness="results/robustness.csv",
+    output:
+        png=report(
+            "results/figures/robustness.png",
+            caption="../report/robustness.rst",
+            category="Figures",
+            subcategory="Inference dynamics",
+        ),
+        pdf="results/figures/robustness.pdf",
+    log:
+        "results/logs/figures/robustness.log",
+    localrule: True
+    conda:
+        "../envs/pcn.yaml"
+    params:
+        code=code_param("pcn.outputs.figures"),
+    shell:
+        "python -m pcn figure robustness --summary {input.summary:q} --robustness {input.robustness:q}"
+        " --out {output.png:q} > {log:q} 2>&1"
