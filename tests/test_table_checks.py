@@ -24,6 +24,8 @@ ROWS = {
     "sensitivity": {"run": "r", "eta_factor": 1.0, "test_T": 5, "metric": "acc", "value": 0.5},
     "linear_probes": {"run": "r", "step": 5, "layer": 1, "metric": "probe_acc", "value": 0.8},
     "alignment": {"run": "r", "epoch": 0, "layer": "all", "metric": "cos", "value": 0.7},
+    "robustness": {"run": "r", "corruption": "noise", "level": 0.5, "step": 5, "metric": "acc", "value": 0.6,
+                   "T": 5, "ce_weight": 0.5},
 }
 
 
