@@ -202,6 +202,7 @@ def test_fail_once_injection_resumes_identically(tmp_path, monkeypatch, capsys, 
         same_content(plain / f, hurt / f)
 
 
+@pytest.mark.slow
 def test_study_on_slurm_matches_local_run(slurm_cluster, tmp_path, mnist_dir):  # noqa: F811
     pytest.importorskip("snakemake_executor_plugin_slurm")
     pytest.importorskip("snakemake_executor_plugin_slurm_jobstep")

@@ -107,6 +107,7 @@ def _copy(reference, tmp_path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_forcerun_of_one_job_then_a_changed_train_key(reference, tmp_path):
     """A finished study: (1) one train job forced again rewrites all its outputs (resuming from
     its finished checkpoint), the study equals the reference; (2) a changed `train` key re-trains
@@ -154,6 +155,7 @@ def _start_and_kill(root: Path, where: Path, pattern: str, *extra: str) -> None:
     assert not (root / "results" / "summary.csv").exists(), "the study finished before it could be killed"
 
 
+@pytest.mark.slow
 def test_sigkill_twice_then_unlock_and_rerun_incomplete_equals_uninterrupted(reference, tmp_path):
     """Killed while the train jobs run (a first checkpoint exists), restarted as the docs say
     (--unlock, then --rerun-incomplete), killed again once the first run has finished, restarted
