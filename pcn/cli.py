@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pcn.errors import PcnError, UsageError
+from pcn.images import DATASETS
 
 # Subcommands implemented in their own modules, each with add_arguments(parser) and run(args).
 PLUGINS = {"aggregate": "pcn.outputs.aggregate", "figure": "pcn.outputs.figures", "probe": "pcn.study.probe", "judge": "pcn.study.judge",
@@ -166,10 +167,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     d = sub.add_parser("data", help="check (or download) a dataset's raw files",
-                       description="Check a dataset's four raw IDX files (header, image size, counts and the "
-                                   "images per class of that dataset), or download them with torchvision.")
-    d.add_argument("--dataset", default="mnist", choices=["mnist", "fashionmnist"], help="default mnist")
-    d.add_argument("--data-dir", type=_path, metavar="DIR", help="local folder with the raw IDX files")
+                       description="Check a dataset's raw files (MNIST / FashionMNIST: the four IDX files' header, "
+                                   "image size, counts and images per class; CIFAR-10: the python batches' shapes, "
+                                   "dtypes, labels and meta file), or download them with torchvision.")
+    d.add_argument("--dataset", default="mnist", choices=DATASETS, help="default mnist")
+    d.add_argument("--data-dir", type=_path, metavar="DIR",
+                   help="local folder with the raw IDX files (cifar10: cifar-10-batches-py or the folder holding it)")
     d.add_argument("--data-root", default="data", type=_path, metavar="DIR",
                    help="download folder when no local folder is given (default data)")
     d.add_argument("--out", type=_path, metavar="FILE",

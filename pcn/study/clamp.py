@@ -13,7 +13,7 @@ generate   label -> image: x unclamped (no data layer); the class clamps z_L thr
            on real images (pcn/study/judge.py; judge_acc) and by the distance of their mean to
            the real class mean (class_mean_dist; ``sample_rows``).
 complete   occluded image -> completed image: only the visible pixels v (top half: the first
-           d/2 pixels, rows 0-13 of a 28x28 image) are clamped; the hidden pixels h are latents
+           d/2 pixels, rows 0-13 of a 28x28 image; rows 0-15 of each CIFAR-10 colour plane) are clamped; the hidden pixels h are latents
            x_h too, initialised to the mean training image.  Each step the latents z take the
            run's gradient step on E (eta, momentum) and the hidden pixels a plain step of size
            ``pixel_step`` on dE/dx_h = eps_0[h] = x_h - mu_0[h] (no momentum; both from the same
@@ -60,6 +60,7 @@ from pcn.core.inference import init_latents
 from pcn.fast.dispatch import infer
 from pcn.core.model import N_CLASSES, PCN
 from pcn.errors import UsageError
+from pcn.images import half_planes, rgb, to_display
 
 COLUMNS = ["mode", "label", "metric", "value"]
 PCA_K = 32                  # principal directions of the PCA baseline
@@ -244,10 +245,12 @@ def sample_rows(samples: torch.Tensor, labels: torch.Tensor, x: torch.Tensor, y:
 # ----------------------------------------------------------------------------- complete
 
 def top_half_mask(d: int, device: torch.device | None = None) -> torch.Tensor:
-    """Visible-pixel mask: the first d // 2 pixels (the top half of a row-major image)."""
-    mask = torch.zeros(d, dtype=torch.bool, device=device)
-    mask[: d // 2] = True
-    return mask
+    """Visible-pixel mask: the top half of a row-major image, in every channel plane (grey: the
+    first d // 2 pixels; 32 x 32 x 3 colour: rows 0-15 of each plane; pcn.images.half_planes)."""
+    c, per = half_planes(d)
+    mask = torch.zeros(c, per, dtype=torch.bool, device=device)
+    mask[:, : per // 2] = True
+    return mask.reshape(d)
 
 
 class Completion(NamedTuple):
@@ -405,9 +408,6 @@ def save_grid(rows: list[np.ndarray], path: str | Path, row_titles: list[str], c
     import matplotlib.pyplot as plt
 
     n_r, n_c = len(rows), max(len(r) for r in rows)
-    d = rows[0].shape[1]
-    side = math.isqrt(d)
-    shape = (side, side) if side * side == d else (1, d)
     cmap = plt.get_cmap("gray").with_extremes(bad="red")
     fig, axes = plt.subplots(n_r, n_c, figsize=(1.1 * n_c, 1.2 * n_r), squeeze=False)
     for i, imgs in enumerate(rows):
@@ -415,7 +415,11 @@ def save_grid(rows: list[np.ndarray], path: str | Path, row_titles: list[str], c
             ax = axes[i][j]
             ax.axis("off")
             if j < len(imgs):
-                ax.imshow(np.clip(imgs[j].reshape(shape), -1, 1), cmap=cmap, vmin=-1, vmax=1)
+                img = to_display(np.asarray(imgs[j:j + 1], dtype=float))[0]
+                if img.ndim == 3:  # colour (h, w, 3)
+                    ax.imshow(rgb(img))
+                else:
+                    ax.imshow(np.clip(img, -1, 1), cmap=cmap, vmin=-1, vmax=1)
             if i == 0 and j < len(col_titles):
                 ax.set_title(col_titles[j], fontsize=8)
         axes[i][0].text(-0.1, 0.5, row_titles[i], transform=axes[i][0].transAxes, ha="right", va="center", fontsize=8)

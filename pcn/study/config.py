@@ -154,6 +154,14 @@ def input_size(dataset: str) -> int:
     return schema()["properties"]["dataset"]["input_size"][dataset]
 
 
+def _shape_words(size: int) -> str:
+    """``28 x 28 pixels`` or ``32 x 32 pixels x 3 colour channels`` for an input size."""
+    from pcn.images import image_shape
+
+    c, h, w = image_shape(size)
+    return f"{h} x {w} pixels" + (f" x {c} colour channels" if c > 1 else "")
+
+
 def validate(cfg: dict, for_run: bool = False) -> dict:
     """Check a full config against the schema plus cross-key rules; return it.  With
     ``for_run`` (a config that will read its dataset), ``layers[0]`` must also be the dataset's
@@ -170,7 +178,8 @@ def validate(cfg: dict, for_run: bool = False) -> dict:
     size = input_size(cfg["dataset"])
     if for_run and cfg["layers"][0] != size:
         raise ConfigError(f"config key 'layers': the first size {cfg['layers'][0]} must equal the input size of "
-                          f"dataset {cfg['dataset']} ({size} pixels), e.g. layers: [{size}, 256, 32]")
+                          f"dataset {cfg['dataset']} ({size} values: {_shape_words(size)}), "
+                          f"e.g. layers: [{size}, 256, 32]")
     reason = undefined_point(cfg)
     if reason:
         raise ConfigError(reason)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from pcn.core.model import N_CLASSES
+from pcn.images import DATASETS
 
 HIDDEN = 256
 EPOCHS = 10          # on the whole MNIST training split: 97.7 % test accuracy in about 13 s on one CPU thread
@@ -99,7 +100,7 @@ def load_judge(path: str | Path, device: str = "cpu") -> torch.nn.Sequential:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``pcn judge``."""
-    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashionmnist"], help="default mnist")
+    p.add_argument("--dataset", default="mnist", choices=DATASETS, help="default mnist")
     p.add_argument("--data-dir", metavar="DIR", help="local folder with the raw IDX files")
     p.add_argument("--data-root", default="data", metavar="DIR", help="download folder (default data)")
     p.add_argument("--out", required=True, metavar="FILE.pt", help="judge weights; FILE.json gets its test accuracy")

@@ -22,8 +22,8 @@ on the CPU (ROBUSTNESS_SEED + its position), so every run sees the same corrupte
             a non-zero mean, so the noise would not be what its name says);
   pixels    level f in {0.25, 0.5}: in every image its own random round(f d) pixels (chosen
             uniformly without replacement) are set to OCCLUDED = 0;
-  half      level 0.5: the bottom half (the last d - d // 2 pixels; rows 14-27 of 28 x 28, the
-            part that clamp's completion hides) is set to OCCLUDED = 0.
+  half      level 0.5: the bottom half (the last d - d // 2 pixels; rows 14-27 of 28 x 28; rows
+            16-31 of each plane of CIFAR-10's 32 x 32 x 3; the part that clamp's completion hides) is set to OCCLUDED = 0.
 OCCLUDED = 0 is the middle of the [-1, 1] scale (mid-grey): neither ink (+1) nor background
 (-1).  Unlike clamp's completion, the model is not told which pixels are missing: the
 occluded pixels stay clamped at 0 and enter the energy like any other pixel.
@@ -39,6 +39,7 @@ from pcn.core.inference import init_latents
 from pcn.core.model import PCN
 from pcn.core.stepsize import inference_eta
 from pcn.fast.dispatch import infer
+from pcn.images import half_planes
 
 COLUMNS = ["corruption", "level", "step", "metric", "value"]
 METRICS = ("acc", "gen_mse", "recon_mse")
@@ -76,11 +77,12 @@ def occlude_pixels(x: torch.Tensor, fraction: float, gen: torch.Generator) -> to
 
 
 def bottom_half_mask(d: int, device: torch.device | None = None) -> torch.Tensor:
-    """Boolean (d,) mask of the bottom half of a row-major image: pixels d // 2 .. d - 1 (the
-    complement of pcn.study.clamp.top_half_mask)."""
-    mask = torch.zeros(d, dtype=torch.bool, device=device)
-    mask[d // 2:] = True
-    return mask
+    """Boolean (d,) mask of the bottom half of a row-major image: grey pixels d // 2 .. d - 1,
+    colour rows 16-31 of every plane (the complement of pcn.study.clamp.top_half_mask)."""
+    c, per = half_planes(d)
+    mask = torch.zeros(c, per, dtype=torch.bool, device=device)
+    mask[:, per // 2:] = True
+    return mask.reshape(d)
 
 
 def occlude_half(x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from pcn.core.ae import AE
 from pcn.core.cre import CRE
 from pcn.core.model import PCN
 from pcn.errors import PcnError
+from pcn.study.config import input_size
 
 #: A training checkpoint is this line, the SHA-256 (hex) of the payload and a newline, then the
 #: payload (a torch.save stream): a truncated or overwritten file fails the check on load.
@@ -112,7 +113,7 @@ def build_model(cfg: dict) -> torch.nn.Module:
     if cfg["model"] == "ae":
         return AE(cfg["layers"], cfg["ae_hidden_activation"], seed=cfg["seed"])
     if cfg["model"] == "cre":
-        return CRE(cfg["cre_size"], cfg["latent"], seed=cfg["seed"])
+        return CRE(cfg["cre_size"], cfg["latent"], seed=cfg["seed"], n_pixels=input_size(cfg.get("dataset", "mnist")))
     bpc = cfg.get("rule") in BOTTOM_UP_RULES      # their bottom-up weights are part of the energy
     return PCN(cfg["layers"], cfg["activation"], prior=cfg["prior"],
                amortised=cfg["init"] == "amortised" or bpc, seed=cfg["seed"],

@@ -6,29 +6,35 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from pcn.images import rgb, to_display
 from pcn.outputs.figures.common import (
     _prepare, _fmt, _extra_factors, _empty,
 )
 
 
 def _mosaic(pixels: np.ndarray, ncols: int) -> np.ndarray:
-    """Images (n, d) tiled into one array, ``ncols`` per row, separated by a grey line;
-    non-finite pixels stay nan (drawn red)."""
-    n, d = pixels.shape
-    side = int(round(np.sqrt(d)))
-    h, w = (side, side) if side * side == d else (1, d)
+    """Images (n, d) tiled into one array, ``ncols`` per row, separated by a grey line: (H, W)
+    for grey images, non-finite pixels nan (drawn red); (H, W, 3) RGB in [0, 1] for colour ones
+    (CIFAR-10's 3 x 32 x 32), a pixel with a non-finite channel pure red (pcn.images)."""
+    imgs = to_display(np.asarray(pixels, dtype=float))
+    colour = imgs.ndim == 4
+    imgs = rgb(imgs) if colour else np.where(np.isfinite(imgs), np.clip(imgs, -1, 1), np.nan)
+    n, h, w = imgs.shape[:3]
     nrows = int(np.ceil(n / ncols))
-    out = np.full((nrows * (h + 1) - 1, ncols * (w + 1) - 1), 0.0)
+    out = np.full((nrows * (h + 1) - 1, ncols * (w + 1) - 1) + imgs.shape[3:], 0.5 if colour else 0.0)
     for k in range(n):
         r, c = divmod(k, ncols)
-        img = np.where(np.isfinite(pixels[k]), np.clip(pixels[k], -1, 1), np.nan).reshape(h, w)
-        out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
+        out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = imgs[k]
     return out
 
 
 def _show(ax, pixels: np.ndarray, ncols: int, diverged: bool = False, note: str = "") -> None:
     cmap = plt.get_cmap("gray").with_extremes(bad="red")
-    ax.imshow(np.ma.masked_invalid(_mosaic(pixels, ncols)), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    mosaic = _mosaic(pixels, ncols)
+    if mosaic.ndim == 3:  # colour: already RGB in [0, 1]
+        ax.imshow(mosaic, interpolation="nearest")
+    else:
+        ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
