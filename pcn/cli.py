@@ -1,4 +1,4 @@
-"""Command line: pcn train | data | config | probe | aggregate | figure | bench (also python -m pcn).
+"""Command line: pcn train | pack | data | config | probe | aggregate | figure | bench (also python -m pcn).
 
 A mistake in the input (a bad config, a missing or damaged file, a folder where a file should be,
 a full or read-only disk) is reported as one line naming the file or key, exit status 2 for usage
@@ -19,7 +19,7 @@ from pcn.images import DATASETS
 
 # Subcommands implemented in their own modules, each with add_arguments(parser) and run(args).
 PLUGINS = {"aggregate": "pcn.outputs.aggregate", "figure": "pcn.outputs.figures", "probe": "pcn.study.probe", "judge": "pcn.study.judge",
-           "bench": "pcn.bench"}
+           "bench": "pcn.bench", "pack": "pcn.study.packs"}
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DEVICE_HELP = "auto (cuda when torch sees a GPU, else cpu), cpu, cuda or mps (Apple silicon); default auto"
 

@@ -91,3 +91,26 @@ def test_bad_pcx_json_is_one_line_naming_file_and_key(tmp_path, content, message
         cli.main(["bench", "--tiny", "--pcx-json", str(path)])
     assert str(e.value).startswith(f"pcn bench: --pcx-json {path}: ") and message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_bench_runs_times_packs_against_the_run_alone(tmp_path, capsys):
+    """--runs: one pack case per (pc/bp case, R), its per-run speed-up against the run alone."""
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(["bench", "--tiny", "--runs", "1", "3", "--no-memory", "--threads", "1",
+                         "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads(out.read_text())
+    by = {c["case"]: c for c in res["cases"]}
+    for kind in ("pc", "bp"):
+        for T in (2, 4):
+            alone = by[f"tiny/{kind}/T{T}"]
+            for R in (1, 3):
+                c = by[f"tiny/pack{R}/{kind}/T{T}"]
+                assert c["kind"] == "pack" and c["runs"] == R and c["batch"] == R * alone["batch"]
+                assert c["flops_nominal_per_batch"] == R * alone["flops_nominal_per_batch"]
+                assert c["per_run_speedup"] == pytest.approx(alone["s_per_epoch"] / c["s_per_epoch"])
+    assert "per-run throughput x" in capsys.readouterr().out
+    assert cli.main(["bench", "--tiny", "--runs", "0"]) == 2

@@ -124,6 +124,40 @@ def make_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
     return cases
 
 
+def make_pack_cases(args: argparse.Namespace, device: torch.device, cases: list[Case]) -> list[Case]:
+    """``--runs R ...``: R runs of the same shape (differing seed and ce_weight) as one pack
+    (``pcn.fast.pack.pack_grads`` and each run's own optimiser step), for every pc and bp case
+    timed alone.  ``batch`` is R x the batch size, so s_per_epoch is the time per run-epoch."""
+    from pcn.core.model import PCN
+    from pcn.fast.pack import pack_grads
+    from pcn.study import config
+    from pcn.study.train import build_optimizer
+
+    out = []
+    for c in [c for c in cases if c.kind in ("pc", "bp") and "variant" not in c.extra]:
+        for R in args.runs:
+            cfgs = [config.resolve(dict(layers=c.layers, activation="gelu", T=c.T, init=c.extra["init"], rule=c.kind,
+                                        batch_size=c.batch, ce_weight=args.ce_weight if r % 2 == 0 else args.ce_weight / 2,
+                                        seed=r)) for r in range(R)]
+            models = [PCN(c.layers, "gelu", amortised=cfgs[0]["init"] == "amortised", seed=r).to(device) for r in range(R)]
+            opts = [build_optimizer(cf, m.parameters()) for cf, m in zip(cfgs, models)]
+            xs, ys = _data(c.layers, c.batch, device, n=2 * R, seed=1)
+            x = [torch.stack(xs[i::2]) for i in range(2)]
+            y = [torch.stack(ys[i::2]) for i in range(2)]
+            nxt = _cycle(x, y)
+
+            def step(models=models, opts=opts, cfgs=cfgs, nxt=nxt):
+                xb, yb = nxt()
+                terms = pack_grads(models, xb, yb, cfgs)
+                for t, o in zip(terms, opts):
+                    [float(t[k]) for k in ("loss", "energy", "ce")]  # as pcn.study.train does
+                    o.step()
+            fl = tuple(R * f for f in c.flops)
+            out.append(Case(f"{c.net}/pack{R}/{c.kind}/T{c.T}", c.net, "pack", c.T, R * c.batch, c.layers, step, fl,
+                            max(1, c.per_rep // R), extra=dict(c.extra, runs=R, rule=c.kind, alone=c.name)))
+    return out
+
+
 def make_peaks(args: argparse.Namespace, device: torch.device) -> list[Case]:
     """sgemm: a large square product and the batch x layer products of the networks."""
     shapes = [("square", 512, 512, 512)] if args.tiny else [("square", 2048, 2048, 2048)]

@@ -10,9 +10,11 @@ import time
 
 import torch
 
-from pcn.bench.cases import _ablation_cases, _compile_cases, _variant, make_cases, make_peaks
+from pcn.errors import UsageError
+
+from pcn.bench.cases import _ablation_cases, _compile_cases, _variant, make_cases, make_pack_cases, make_peaks
 from pcn.bench.pcx import PCX_JSON_HELP, compare_pcx, read_pcx_json
-from pcn.bench.report import EPOCH, format_profile, format_reference, format_table, summarise
+from pcn.bench.report import EPOCH, format_packs, format_profile, format_reference, format_table, summarise
 from pcn.bench.timing import _rss_peak_mb, peak_step_memory, profile_cases, run_cases
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fused-adam", action="store_true",
                    help="use torch's fused Adam for the baseline MLP too (pcn train's optimizer, used by the "
                         "pc and bp cases, is fused already)")
+    p.add_argument("--runs", type=int, nargs="+", metavar="R",
+                   help="also time packs of R runs (pcn pack) of every pc and bp case: per-run throughput against "
+                        "the run alone, both in this run")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, help="torch threads (default: OMP_NUM_THREADS, else torch's)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
@@ -57,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     peaks = make_peaks(args, device)
     if args.ablation:
         cases += _ablation_cases(cases)
+    if args.runs:
+        if min(args.runs) < 1:
+            raise UsageError(f"--runs {args.runs}: every R must be 1 or more")
+        cases += make_pack_cases(args, device, cases)
     if args.compile:
         cases += _compile_cases(cases, log)
     if args.reference:
@@ -85,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": time.perf_counter() - t_start,
     }
     print(format_table(result))
+    if args.runs:
+        print(format_packs(result))
     if args.reference:
         print(format_reference(result))
     if prof:

@@ -40,6 +40,9 @@ def summarise(cases: list[Case], peaks: list[Case]) -> dict:
         if r["kind"] == "bp":
             pc = by.get(f"{r['net']}/pc/T{r['T']}")
             r["ratio_to_pc"] = r["s_per_batch"] / pc["s_per_batch"] if pc else None
+        if r["kind"] == "pack":              # per-run throughput of a pack against the run alone
+            alone = by.get(r["alone"])
+            r["per_run_speedup"] = alone["s_per_epoch"] / r["s_per_epoch"] if alone else None
     return {"peak_gflops": pk, "peak_gflops_max": peak, "cases": rows}
 
 
@@ -62,6 +65,17 @@ def format_reference(res: dict) -> str:
         if ref is not None:
             lines.append(f"{name}: fast {r['s_per_epoch']:.2f} s/epoch, reference {ref['s_per_epoch']:.2f} "
                          f"-> fast path x{ref['s_per_epoch'] / r['s_per_epoch']:.2f}")
+    return "\n".join(lines)
+
+
+def format_packs(res: dict) -> str:
+    """One line per pack case: per-run time and throughput against the same run alone, both
+    measured in this run."""
+    lines = []
+    for r in res["cases"]:
+        if r["kind"] == "pack" and r.get("per_run_speedup"):
+            lines.append(f"{r['case']}: {r['runs']} runs, {r['s_per_epoch']:.2f} s per run-epoch; per-run throughput "
+                         f"x{r['per_run_speedup']:.2f} against {r['alone']} alone")
     return "\n".join(lines)
 
 

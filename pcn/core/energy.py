@@ -93,7 +93,13 @@ def cross_entropy(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(model.readout(zL), y, reduction="none")
 
 
+def onehot(y: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """onehot(y) as (batch, n), by comparison with 0..n-1 (no check of y's range, so it also
+    runs under ``vmap``, where F.one_hot's data-dependent check cannot)."""
+    return (y.unsqueeze(1) == torch.arange(n, device=y.device)).to(dtype)
+
+
 def ce_latent_grad(model: PCN, zL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """d CE(C z_L + c, y) / d z_L = (softmax(C z_L + c) - onehot(y)) C, per sample."""
-    p = torch.softmax(model.readout(zL), dim=1) - F.one_hot(y, model.C.shape[0]).to(zL.dtype)
+    p = torch.softmax(model.readout(zL), dim=1) - onehot(y, model.C.shape[0], zL.dtype)
     return p @ model.C

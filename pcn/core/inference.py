@@ -53,8 +53,12 @@ def init_latents(model: PCN, x: torch.Tensor, mode: str) -> list[torch.Tensor]:
 
 def nudged(y: Optional[torch.Tensor], beta: float) -> bool:
     """Whether the label enters inference (a label is given and beta != 0; a negative beta is
-    the opposite nudge of ``pc-ep``'s symmetric estimate)."""
-    return y is not None and beta != 0.0
+    the opposite nudge of ``pc-ep``'s symmetric estimate).  A tensor beta (one per run of a
+    pack, ``pcn.fast.pack``) always enters: its value cannot steer Python control flow under
+    ``vmap``, and a zero nudge adds zero."""
+    if y is None:
+        return False
+    return isinstance(beta, torch.Tensor) or beta != 0.0
 
 
 def objective_grad(model: PCN, x: torch.Tensor, z: list[torch.Tensor], eps: list[torch.Tensor],

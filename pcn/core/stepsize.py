@@ -83,7 +83,8 @@ def inference_eta(model: PCN, cfg: dict) -> float:
     current weights (eta_mode safe; recomputed per batch in training, per call in evaluation)."""
     if cfg.get("eta_mode", "fixed") == "safe" and isinstance(model, PCN):
         return safe_eta(model)
-    return float(cfg["eta"])
+    eta = cfg["eta"]
+    return eta if isinstance(eta, torch.Tensor) else float(eta)
 
 
 def relative_update(z_new: list[torch.Tensor], z: list[torch.Tensor]) -> float:
@@ -92,3 +93,10 @@ def relative_update(z_new: list[torch.Tensor], z: list[torch.Tensor]) -> float:
     num = sum(float(((a - b) ** 2).sum()) for a, b in zip(z_new, z))
     den = sum(float((a ** 2).sum()) for a in z_new)
     return (num / den) ** 0.5 if den > 0 else float("nan")
+
+
+def relative_update_t(z_new: list[torch.Tensor], z: list[torch.Tensor]) -> torch.Tensor:
+    """``relative_update`` as a float64 0-d tensor (no host sync; runs under ``vmap``)."""
+    num = sum(((a - b).double() ** 2).sum() for a, b in zip(z_new, z))
+    den = sum((a.double() ** 2).sum() for a in z_new)
+    return torch.where(den > 0, (num / den).sqrt(), torch.full_like(den, float("nan")))

@@ -84,8 +84,8 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
     E = s * mean_half_sq(eps, B)
     ce = _readout_grads(model, free.z[-1], y)
     out = {"loss": (1.0 - w) * E + w * ce, "energy": E, "ce": ce,
-           "settle": torch.tensor(reference.settle(model, x, z, eta, y, beta)),
-           "nudge_gap": torch.tensor(reference.nudge_gap(free.z, z) if beta > 0 else 0.0, dtype=torch.float64)}
+           "settle": reference.settle(model, x, z, eta, y, beta),
+           "nudge_gap": reference.nudge_gap(free.z, z) if beta > 0 else x.new_zeros((), dtype=torch.float64)}
     if model.V is not None:
         guess0 = z0[0] if cfg["init"] == "amortised" else None
         out["amortiser"] = _amortiser_grads(model, x, z, fz, guess0)

@@ -300,121 +300,182 @@ def _look(cfg: dict, out: Path, ckpt_path: Path, restart_if_changed: bool) -> tu
     return old_cfg, out_diff, damaged, ck, other
 
 
+class Run:
+    """One run's training state and bookkeeping, shared by ``train`` (a run alone) and
+    ``pcn.study.packs.train_pack`` (runs whose gradients are computed together).  Per batch the
+    order is always: the batch's gradients (by whoever computes them), ``record`` (the
+    divergence check, the weight step, the schedule step, the sums); per epoch ``end_epoch``
+    (evaluation, metrics.csv, alignment.csv, checkpoint)."""
+
+    def __init__(self, cfg: dict, out: Path, ckpt_path: Path, dev: torch.device, ds: data.Dataset,
+                 log: Callable[[str], None], restart_if_changed: bool):
+        self.cfg, self.out, self.ckpt_path, self.dev, self.ds, self.log = cfg, out, ckpt_path, dev, ds, log
+        self.restart_if_changed = restart_if_changed
+
+    def open(self, train_x: torch.Tensor) -> None:
+        """Look at the folders again (under the lock), write config.json, build or restore the
+        model, optimiser and schedule."""
+        cfg, out, ckpt_path, log, dev, ds = self.cfg, self.out, self.ckpt_path, self.log, self.dev, self.ds
+        old_cfg, out_diff, damaged, ck, other = _look(cfg, out, ckpt_path, self.restart_if_changed)
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        for path, reason, why in damaged:
+            kept = store.move_aside(path, reason)
+            log(f"WARNING: {why}; moved it aside to {kept}")
+        for path, _, diff in other:
+            kept = store.move_aside(path, "stale")
+            log(f"WARNING: checkpoint {path} belongs to another config (keys {diff} differ); "
+                f"kept it as {kept} and starting afresh")
+        if out_diff:
+            log(f"WARNING: run folder {out} held a run with another config (keys {out_diff} differ); replacing its outputs")
+            for name in OUTPUT_FILES:
+                (out / name).unlink(missing_ok=True)
+        self.prov = {**provenance.code_version(), **provenance.compute(dev), "data_files": ds.files}
+        write_text(out / "config.json", config_mod.dumps({**cfg, **self.prov}))
+
+        self.n_eval = min(cfg["eval_train_size"], len(ds.train))
+        self.B, self.n = cfg["batch_size"], len(train_x)
+        self.n_batches = math.ceil(self.n / self.B)
+        self.model, self.opt, self.sched = self._fresh()
+        self.rows: list[dict] = []
+        self.align = _alignment_rows(self.model, ds, cfg, 0, dev)
+        self.start_epoch, self.elapsed = 1, 0.0
+        if ck is not None:
+            if _restore(ck, self.model, self.opt, self.sched):
+                self.rows, self.align = list(ck["rows"]), list(ck["align"])
+                self.start_epoch, self.elapsed = ck["epoch"] + 1, ck["elapsed"]
+                log(f"resuming from {ck['_path']} after epoch {ck['epoch']}")
+            else:
+                kept = store.move_aside(ck["_path"], "incompatible")
+                log(f"WARNING: checkpoint {ck['_path']} does not fit this model; moved it aside to {kept}, "
+                    f"starting from scratch")
+                self.model, self.opt, self.sched = self._fresh()
+        elif damaged:
+            log("WARNING: no intact checkpoint left; starting from scratch")
+        self.step = grads_fn(cfg, self.weight_step)
+        self.diverged_at: tuple[int, int] | None = None
+
+    def _fresh(self):
+        m = build_model(self.cfg).to(self.dev)
+        o = build_optimizer(self.cfg, m.parameters())
+        return m, o, build_scheduler(self.cfg, o, self.n_batches)
+
+    def weight_step(self) -> None:
+        """The optimiser's step, then the weight cap."""
+        self.opt.step()
+        cap_weights(self.model, self.cfg.get("weight_cap"))
+
+    @property
+    def active(self) -> bool:
+        """Still training: not diverged and not past its last epoch."""
+        return self.diverged_at is None
+
+    def trains_in(self, epoch: int) -> bool:
+        """Whether this run has epoch ``epoch`` still to train."""
+        return self.active and self.start_epoch <= epoch <= self.cfg["epochs"]
+
+    def begin_epoch(self, epoch: int, device: torch.device) -> None:
+        self.epoch, self.t0 = epoch, time.perf_counter()
+        self.order = epoch_order(self.n, self.cfg["seed"], epoch).to(device)
+        self.sums = {"loss": 0.0, "energy": 0.0, "ce": 0.0}
+        self.settle_sum = self.gap_sum = 0.0
+        self.done = 0
+
+    def batch_index(self, b: int) -> torch.Tensor:
+        """The training-set rows of batch b of this epoch."""
+        return self.order[b * self.B:(b + 1) * self.B]
+
+    def record(self, b: int, terms: dict) -> bool:
+        """After batch b's gradients: stop on a non-finite loss (False: the run is frozen with the
+        weights before this batch), else take the weight step and add up the terms."""
+        vals = {k: float(terms[k]) for k in self.sums}
+        if not all(math.isfinite(v) for v in vals.values()):
+            self.diverged_at = (self.epoch, b)
+            return False
+        self.weight_step()
+        self.sched.step()
+        for k in self.sums:
+            self.sums[k] += vals[k]
+        self.settle_sum += float(terms["settle"]) if "settle" in terms else float("nan")
+        self.gap_sum += float(terms["nudge_gap"]) if "nudge_gap" in terms else float("nan")
+        self.done = b + 1
+        n_batches = self.n_batches
+        if n_batches >= 200 and (b + 1) % (n_batches // 4) == 0 and b + 1 < n_batches:
+            self.log(f"  epoch {self.epoch} batch {b + 1}/{n_batches} loss {self.sums['loss'] / (b + 1):.4f}")
+        return True
+
+    def end_epoch(self, seconds: float | None = None) -> None:
+        """Evaluate, write metrics.csv and alignment.csv, checkpoint (not after a divergence).
+        ``seconds``: the epoch's training time (default: since ``begin_epoch``)."""
+        cfg, ds, dev, model, epoch = self.cfg, self.ds, self.dev, self.model, self.epoch
+        seconds = time.perf_counter() - self.t0 if seconds is None else seconds
+        self.elapsed += seconds
+        done = max(self.done, 1)
+        tr = evaluate(model, ds.train.x[:self.n_eval], ds.train.y[:self.n_eval], cfg, dev)
+        va = evaluate(model, ds.val.x, ds.val.y, cfg, dev) if len(ds.val) else {"acc": float("nan")}
+        te = evaluate(model, ds.test.x, ds.test.y, cfg, dev)
+        row = {"epoch": epoch, "train_loss": self.sums["loss"] / done, "train_energy": self.sums["energy"] / done,
+               "train_ce": self.sums["ce"] / done, "train_acc": tr["acc"], "val_acc": va["acc"],
+               "test_acc": te["acc"], "recon_mse": te["recon_mse"], "gen_mse": te["gen_mse"],
+               "energy": te["energy"], "train_settle": self.settle_sum / done,
+               "train_nudge_gap": self.gap_sum / done, "seconds": seconds, "diverged": self.diverged_at is not None}
+        self.rows.append(row)
+        _write_csv(self.out / "metrics.csv", self.rows, METRIC_COLUMNS)
+        if not self.diverged_at:
+            self.align += _alignment_rows(model, ds, cfg, epoch, dev)
+        _write_csv(self.out / "alignment.csv", self.align, ALIGN_COLUMNS)
+        if self.diverged_at:
+            self.log(f"epoch {epoch}: DIVERGED at batch {self.diverged_at[1]} (non-finite loss); stopping")
+            return
+        store.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "opt": self.opt.state_dict(),
+                               "sched": self.sched.state_dict(), "rows": self.rows, "align": self.align,
+                               "config": cfg, "elapsed": self.elapsed}, self.ckpt_path)
+        _fail_once_after(epoch, self.out)
+        self.log(f"epoch {epoch}/{cfg['epochs']} loss {row['train_loss']:.4f} test_acc {te['acc']:.4f} "
+                 f"val_acc {va['acc']:.4f} recon_mse {te['recon_mse']:.4f} gen_mse {te['gen_mse']:.4f} "
+                 f"({seconds:.1f}s)")
+
+    def finish(self) -> dict:
+        """Every output again (also when the checkpoint was already finished: a forced re-run);
+        returns final.json's dict."""
+        rows, diverged_at = self.rows, self.diverged_at
+        _write_csv(self.out / "metrics.csv", rows, METRIC_COLUMNS)
+        _write_csv(self.out / "alignment.csv", self.align, ALIGN_COLUMNS)
+        last = rows[-1] if rows else {}
+        final = dict(self.cfg)
+        final.update({k: _clean(last.get(k, float("nan"))) for k in
+                      ("train_acc", "val_acc", "test_acc", "recon_mse", "gen_mse", "energy", "train_settle",
+                       "train_nudge_gap")})
+        final.update({"wall_s": self.elapsed, "epochs_done": len(rows) - (1 if diverged_at else 0),
+                      "diverged": diverged_at is not None,
+                      "diverged_epoch": diverged_at[0] if diverged_at else None,
+                      "diverged_batch": diverged_at[1] if diverged_at else None})
+        final.update(self.prov)
+        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        atomic_save({"config": self.cfg, "state": state}, self.out / "model.pt")
+        write_text(self.out / "final.json", json.dumps(final, indent=2))
+        return final
+
+
 def _train_locked(cfg: dict, out: Path, ckpt_path: Path, dev: torch.device, ds: data.Dataset,
                   log: Callable[[str], None], restart_if_changed: bool,
                   on_start: Callable[[torch.device], None] | None) -> dict:
     """The run itself, with its folders locked; the folders are looked at again under the lock."""
-    old_cfg, out_diff, damaged, ck, other = _look(cfg, out, ckpt_path, restart_if_changed)
+    _look(cfg, out, ckpt_path, restart_if_changed)
     if on_start is not None:
         on_start(dev)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    for path, reason, why in damaged:
-        kept = store.move_aside(path, reason)
-        log(f"WARNING: {why}; moved it aside to {kept}")
-    for path, _, diff in other:
-        kept = store.move_aside(path, "stale")
-        log(f"WARNING: checkpoint {path} belongs to another config (keys {diff} differ); "
-            f"kept it as {kept} and starting afresh")
-    if out_diff:
-        log(f"WARNING: run folder {out} held a run with another config (keys {out_diff} differ); replacing its outputs")
-        for name in OUTPUT_FILES:
-            (out / name).unlink(missing_ok=True)
-    prov = {**provenance.code_version(), **provenance.compute(dev), "data_files": ds.files}
-    write_text(out / "config.json", config_mod.dumps({**cfg, **prov}))
-
     train_x, train_y = place_training_set(ds.train.x, ds.train.y, dev, log)
-    n_eval = min(cfg["eval_train_size"], len(ds.train))
-    B, n = cfg["batch_size"], len(train_y)
-    n_batches = math.ceil(n / B)
-
-    def fresh():
-        m = build_model(cfg).to(dev)
-        o = build_optimizer(cfg, m.parameters())
-        return m, o, build_scheduler(cfg, o, n_batches)
-
-    model, opt, sched = fresh()
-    rows: list[dict] = []
-    align = _alignment_rows(model, ds, cfg, 0, dev)
-    start_epoch, elapsed = 1, 0.0
-    if ck is not None:
-        if _restore(ck, model, opt, sched):
-            rows, align, start_epoch, elapsed = list(ck["rows"]), list(ck["align"]), ck["epoch"] + 1, ck["elapsed"]
-            log(f"resuming from {ck['_path']} after epoch {ck['epoch']}")
-        else:
-            kept = store.move_aside(ck["_path"], "incompatible")
-            log(f"WARNING: checkpoint {ck['_path']} does not fit this model; moved it aside to {kept}, "
-                f"starting from scratch")
-            model, opt, sched = fresh()
-    elif damaged:
-        log("WARNING: no intact checkpoint left; starting from scratch")
-
-    def weight_step() -> None:
-        opt.step()
-        cap_weights(model, cfg.get("weight_cap"))
-
-    step = grads_fn(cfg, weight_step)
-    diverged_at: tuple[int, int] | None = None
-    for epoch in range(start_epoch, cfg["epochs"] + 1):
-        t0 = time.perf_counter()
-        order = epoch_order(n, cfg["seed"], epoch).to(train_x.device)
-        sums = {"loss": 0.0, "energy": 0.0, "ce": 0.0}
-        settle_sum = gap_sum = 0.0
-        for b in range(n_batches):
-            idx = order[b * B:(b + 1) * B]
-            terms = step(model, train_x[idx].to(dev, non_blocking=True), train_y[idx].to(dev, non_blocking=True), cfg)
-            vals = {k: float(terms[k]) for k in sums}
-            if not all(math.isfinite(v) for v in vals.values()):
-                diverged_at = (epoch, b)
+    run = Run(cfg, out, ckpt_path, dev, ds, log, restart_if_changed)
+    run.open(train_x)
+    for epoch in range(run.start_epoch, cfg["epochs"] + 1):
+        run.begin_epoch(epoch, train_x.device)
+        for b in range(run.n_batches):
+            idx = run.batch_index(b)
+            terms = run.step(run.model, train_x[idx].to(dev, non_blocking=True),
+                             train_y[idx].to(dev, non_blocking=True), cfg)
+            if not run.record(b, terms):
                 break
-            weight_step()
-            sched.step()
-            for k in sums:
-                sums[k] += vals[k]
-            settle_sum += float(terms["settle"]) if "settle" in terms else float("nan")
-            gap_sum += float(terms["nudge_gap"]) if "nudge_gap" in terms else float("nan")
-            if n_batches >= 200 and (b + 1) % (n_batches // 4) == 0 and b + 1 < n_batches:
-                log(f"  epoch {epoch} batch {b + 1}/{n_batches} loss {sums['loss'] / (b + 1):.4f}")
-        seconds = time.perf_counter() - t0
-        elapsed += seconds
-        done = (b + 1) if diverged_at else n_batches
-        tr = evaluate(model, ds.train.x[:n_eval], ds.train.y[:n_eval], cfg, dev)
-        va = evaluate(model, ds.val.x, ds.val.y, cfg, dev) if len(ds.val) else {"acc": float("nan")}
-        te = evaluate(model, ds.test.x, ds.test.y, cfg, dev)
-        row = {"epoch": epoch, "train_loss": sums["loss"] / max(done, 1), "train_energy": sums["energy"] / max(done, 1),
-               "train_ce": sums["ce"] / max(done, 1), "train_acc": tr["acc"], "val_acc": va["acc"],
-               "test_acc": te["acc"], "recon_mse": te["recon_mse"], "gen_mse": te["gen_mse"],
-               "energy": te["energy"], "train_settle": settle_sum / max(done, 1),
-               "train_nudge_gap": gap_sum / max(done, 1), "seconds": seconds, "diverged": diverged_at is not None}
-        rows.append(row)
-        _write_csv(out / "metrics.csv", rows, METRIC_COLUMNS)
-        if not diverged_at:
-            align += _alignment_rows(model, ds, cfg, epoch, dev)
-        _write_csv(out / "alignment.csv", align, ALIGN_COLUMNS)
-        if diverged_at:
-            log(f"epoch {epoch}: DIVERGED at batch {diverged_at[1]} (non-finite loss); stopping")
+        run.end_epoch()
+        if not run.active:
             break
-        store.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                               "sched": sched.state_dict(), "rows": rows, "align": align, "config": cfg,
-                               "elapsed": elapsed}, ckpt_path)
-        _fail_once_after(epoch, out)
-        log(f"epoch {epoch}/{cfg['epochs']} loss {row['train_loss']:.4f} test_acc {te['acc']:.4f} "
-            f"val_acc {va['acc']:.4f} recon_mse {te['recon_mse']:.4f} gen_mse {te['gen_mse']:.4f} "
-            f"({seconds:.1f}s)")
-
-    # Every output again, also when the checkpoint was already finished (a forced re-run).
-    _write_csv(out / "metrics.csv", rows, METRIC_COLUMNS)
-    _write_csv(out / "alignment.csv", align, ALIGN_COLUMNS)
-    last = rows[-1] if rows else {}
-    final = dict(cfg)
-    final.update({k: _clean(last.get(k, float("nan"))) for k in
-                  ("train_acc", "val_acc", "test_acc", "recon_mse", "gen_mse", "energy", "train_settle",
-                   "train_nudge_gap")})
-    final.update({"wall_s": elapsed, "epochs_done": len(rows) - (1 if diverged_at else 0),
-                  "diverged": diverged_at is not None,
-                  "diverged_epoch": diverged_at[0] if diverged_at else None,
-                  "diverged_batch": diverged_at[1] if diverged_at else None})
-    final.update(prov)
-    atomic_save({"config": cfg, "state": {k: v.cpu() for k, v in model.state_dict().items()}}, out / "model.pt")
-    write_text(out / "final.json", json.dumps(final, indent=2))
-    return final
+    return run.finish()
