@@ -85,6 +85,28 @@ def test_pack_grads_equal_the_reference_rule(rule, init):
             assert torch.allclose(ref[k].double(), terms[r][k].double(), rtol=1e-5, atol=1e-7, equal_nan=True), k
 
 
+@pytest.mark.parametrize("options", [{"gram": True}, {"gram": False}, {"reference": True}])
+@pytest.mark.parametrize("rule", ["pc", "pc-ep"])
+def test_the_batched_inference_path_equals_the_reference(rule, options, monkeypatch):
+    """pc and pc-ep run their phases in the hand-batched loop (with and without the Gram form);
+    under OPTIONS["reference"] the whole objective is vmapped instead: all equal the rule alone."""
+    from pcn.fast import pack
+    from pcn.fast.options import OPTIONS
+
+    monkeypatch.setitem(OPTIONS, list(options)[0], list(options.values())[0])
+    cfgs = [dict(rule=rule, model="pcn", init="zeros", T=6, momentum=0.4, energy_norm="pixel", eta_mode="fixed",
+                 **v) for v in VARIANTS]
+    assert pack.fast_applies(cfgs[0]) == (not options.get("reference"))
+    models = [PCN([30, 12, 10, 5], seed=r, prior=True) for r in range(3)]
+    x, y = torch.randn(3, 16, 30), torch.randint(0, 10, (3, 16))
+    pack_grads(models, x, y, cfgs)
+    packed = [{n: p.grad.clone() for n, p in m.named_parameters()} for m in models]
+    for r, m in enumerate(models):
+        rules.RULES[rule](m, x[r], y[r], cfgs[r])
+        for n, p in m.named_parameters():
+            assert torch.allclose(packed[r][n], p.grad, rtol=1e-4, atol=1e-6), (n, (packed[r][n] - p.grad).abs().max())
+
+
 @pytest.mark.parametrize("rule,init", CASES)
 def test_a_run_in_a_pack_equals_it_alone(rule, init, tmp_path, one_thread):
     """Three runs (differing seed, lr, w, eta, ep_beta) in one pack = each trained by pcn train."""

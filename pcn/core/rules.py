@@ -151,15 +151,17 @@ def backward(model: PCN, objective: Objective) -> dict[str, torch.Tensor]:
     return out
 
 
-def pc_objective(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> Objective:
+def pc_objective(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
+                 infer: Callable = inference.infer) -> Objective:
     """Local PC rule: free inference, then nudged inference continued from it (no graph), then
-    s E at the nudged latents (its theta-gradient is the update); the readout on the free latents."""
+    s E at the nudged latents (its theta-gradient is the update); the readout on the free latents.
+    ``infer``: the inference of both phases (the reference loop by default)."""
     w = hyper(cfg, "ce_weight")
     s = energy_scale(model, cfg["energy_norm"])
     beta = nudge_strength(w, cfg.get("rule", "pc"))
     with torch.no_grad():
-        _, free, eta = _free_phase(model, x, cfg)
-        z = _nudged(model, x, y, cfg, free, eta, beta / s) if positive(beta) else free
+        _, free, eta = _free_phase(model, x, cfg, infer)
+        z = _nudged(model, x, y, cfg, free, eta, beta / s, infer) if positive(beta) else free
     total, out = _local_objective(model, x, y, s, [(1.0, z)], free, z)
     with torch.no_grad():
         out["settle"] = settle(model, x, z, eta, y, beta / s)
@@ -189,10 +191,11 @@ def bpc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[s
     return backward(model, bpc_objective(model, x, y, cfg))
 
 
-def bpc_objective(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> Objective:
+def bpc_objective(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
+                  infer: Callable = inference.infer) -> Objective:
     """``bpc_grads``'s objective: ``pc_objective`` on a model with a bottom-up term."""
     _require_bottom_up(model, "bpc")
-    return pc_objective(model, x, y, cfg)
+    return pc_objective(model, x, y, cfg, infer)
 
 
 def ep_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
@@ -243,10 +246,11 @@ def bpc_ep_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dic
     return backward(model, bpc_ep_objective(model, x, y, cfg))
 
 
-def bpc_ep_objective(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> Objective:
+def bpc_ep_objective(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,
+                     infer: Callable = inference.infer) -> Objective:
     """``bpc_ep_grads``'s objective: ``ep_objective`` on a model with a bottom-up term."""
     _require_bottom_up(model, "bpc-ep")
-    return ep_objective(model, x, y, cfg)
+    return ep_objective(model, x, y, cfg, infer)
 
 
 def ipc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict,

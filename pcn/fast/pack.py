@@ -15,6 +15,12 @@ order (``pcn.study.train``); only the gradient computation is shared.  A hyper-p
 is equal across the pack stays a Python float (so the objective's control flow is that of a
 run alone); one that differs is a 0-d tensor per run (``pcn.core.rules.hyper``).
 
+The fast path (``fast_pack_grads``, for ``pc`` and ``pc-ep`` on the plain energy) runs each
+inference phase of all R runs as one hand-batched loop (``packed_infer``: (R, B, d) latents,
+batched products, the layer-0 Gram form of ``pcn.fast.stacked``), then hands the phases' latents
+to the same vmapped objective, whose inference calls replay them (``_replay``): the weight
+gradients, terms and diagnostics are still the reference objective's.  Tested equal to it.
+
 What cannot be batched trains in packs of one (``why_alone``): ``ipc`` (its weights step
 inside inference), ``eta_mode: safe`` (each run's step size comes from its own weights, a
 data-dependent value) and the ``ae`` / ``cre`` baselines.
@@ -28,8 +34,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
+from pcn.core.energy import energy_scale, onehot
+from pcn.core.inference import init_latents
 from pcn.core.model import PCN
-from pcn.core.rules import OBJECTIVES
+from pcn.core.rules import OBJECTIVES, hyper, nudge_strength
+from pcn.fast.kernels import df_times
+from pcn.fast.options import OPTIONS
+from pcn.fast.stacked import use_gram
 
 PACK_FREE = ("seed", "lr", "weight_decay", "ce_weight", "eta", "ep_beta")
 """Keys in which the runs of a pack may differ."""
@@ -92,6 +103,95 @@ def differing(cfgs: list[dict]) -> list[str]:
     return [k for k in OBJECTIVE_HYPERS if len({float(c[k]) for c in cfgs}) > 1]
 
 
+def _col(v):
+    """A per-run hyper-parameter as a (R, 1, 1) column to scale (R, B, d) tensors; a float as is."""
+    return v.reshape(-1, 1, 1) if isinstance(v, torch.Tensor) else v
+
+
+@torch.no_grad()
+def packed_infer(model: PCN, P: dict, x: torch.Tensor, z0: list[torch.Tensor], T: int, eta,
+                 y: torch.Tensor | None = None, beta=0.0, momentum: float = 0.0) -> list[torch.Tensor]:
+    """``pcn.core.inference.infer``'s z^T for R runs at once: weights ``P`` (stack_module_state
+    of ``_Apply`` models: (R, ...) tensors), x (R, B, d_0), z0[k] (R, B, d_{k+1}); eta and beta
+    floats or (R,) tensors.  One step, batched over the runs:
+
+        eps_l = z_l - (f(z_{l+1}) W_l^T + b_l),   g_l = [eps_l] - f'(z_l) * (eps_{l-1} W_{l-1}),
+        g_L += beta (softmax(z_L C^T + c) - onehot(y)) C,   v <- m v + g,   z <- z - eta v,
+
+    layer 0's back-projection by the Gram form where it saves work (``use_gram``):
+    eps_0 W_0 = (x - b_0) W_0 - f(z_1) (W_0^T W_0)."""
+    L = model.L
+    W = [P[f"m.W.{l}"] for l in range(L)]
+    bcol = [P[f"m.b.{l}"].unsqueeze(1) for l in range(L)]
+    prior = P.get("m.prior_mean")
+    eta, beta = _col(eta), _col(beta)
+    nudge = y is not None and (isinstance(beta, torch.Tensor) or beta != 0.0)
+    if nudge:
+        C, ccol = P["m.C"], P["m.c"].unsqueeze(1)
+        hot = onehot(y.reshape(-1), C.shape[1], x.dtype).reshape(*y.shape, -1)
+    gram = use_gram(model, x.shape[1], T)
+    if gram:
+        c0 = torch.baddbmm(-(bcol[0] @ W[0]), x, W[0])        # (x - b_0) W_0
+        G = W[0].mT @ W[0]
+    z, v = list(z0), None
+    for _ in range(T):
+        fz = [model.f(zl) for zl in z]
+        eps = [z[l - 1] - torch.baddbmm(bcol[l], fz[l], W[l].mT) for l in range(1, L)]
+        if prior is not None:
+            eps.append(z[-1] - prior.unsqueeze(1))
+        if gram:
+            back = torch.baddbmm(c0, fz[0], G, alpha=-1.0)
+        else:
+            back = (x - torch.baddbmm(bcol[0], fz[0], W[0].mT)) @ W[0]
+        g = []
+        for l in range(1, L + 1):
+            if l > 1:
+                back = eps[l - 2] @ W[l - 1]
+            gl = df_times(model, z[l - 1], fz[l - 1], back).neg()
+            g.append(gl.add_(eps[l - 1]) if l - 1 < len(eps) else gl)
+        if nudge:
+            p = torch.softmax(torch.baddbmm(ccol, z[-1], C.mT), dim=-1).sub_(hot)
+            g[-1] = g[-1] + beta * (p @ C)
+        if momentum > 0:
+            v = [vl.mul_(momentum).add_(gl) for vl, gl in zip(v, g)] if v is not None else g
+            g = v
+        z = [zl - eta * gl for zl, gl in zip(z, g)]
+    return z
+
+
+def _replay(states: list[list[torch.Tensor]]):
+    """An ``infer`` for the objective that returns the given latents, phase after phase (the
+    objective's inference calls come in a fixed order: free, then the nudged phases)."""
+    queue = list(states)
+
+    def infer(model, x, z0, T, eta, y=None, beta=0.0, momentum=0.0, callback=None):
+        return queue.pop(0), None
+    return infer
+
+
+def fast_applies(cfg: dict) -> bool:
+    """Where ``fast_pack_grads`` applies: pc and pc-ep on the plain energy (not the reference)."""
+    return cfg["rule"] in ("pc", "pc-ep") and not OPTIONS.get("reference")
+
+
+def _phases(model: PCN, P: dict, x: torch.Tensor, y: torch.Tensor, cfg: dict, hypers: dict,
+            z0: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """The latents of every inference phase of the rule, for all runs: the free phase from z0
+    on E, then (ce_weight > 0) ``pc``'s nudged phase with beta = w / (1 - w) / s, or ``pc-ep``'s
+    two with +-ep_beta / s, each continued from the free latents (as in ``pcn.core.rules``)."""
+    h = {k: hypers.get(k, cfg[k]) for k in ("ce_weight", "eta", "ep_beta")}
+    w, eta = hyper(h, "ce_weight"), hyper(h, "eta")
+    s = energy_scale(model, cfg["energy_norm"])
+    T, m = cfg["T"], cfg["momentum"]
+    free = packed_infer(model, P, x, z0, T, eta, momentum=m)
+    if float(cfg["ce_weight"]) == 0:   # the pack's key: every run's w is 0, or none is
+        return [free]
+    if cfg["rule"] == "pc":
+        return [free, packed_infer(model, P, x, free, T, eta, y, nudge_strength(w) / s, m)]
+    b = hyper(h, "ep_beta")
+    return [free] + [packed_infer(model, P, x, free, T, eta, y, sign * b / s, m) for sign in (1, -1)]
+
+
 def pack_grads(models: list[PCN], x: torch.Tensor, y: torch.Tensor, cfgs: list[dict]) -> list[dict[str, torch.Tensor]]:
     """One batch of every run of a pack: fill p.grad of each run's parameters with its rule's
     update and return each run's loss terms, computed as one ``vmap`` over the runs.
@@ -109,10 +209,20 @@ def pack_grads(models: list[PCN], x: torch.Tensor, y: torch.Tensor, cfgs: list[d
     dtype = x.dtype
     hypers = {k: torch.tensor([float(c[k]) for c in cfgs], dtype=dtype, device=x.device) for k in hyper_keys}
 
-    def one(p, xr, yr, hr):
-        return functional_call(base, p, (_objective, xr, yr, hr, cfg))
+    if fast_applies(cfg):
+        z0 = vmap(lambda p, xr: functional_call(base, p, (init_latents, xr, cfg["init"])))(params, x)
+        states = _phases(wrapped[0].m, params, x, y, cfg, hypers, z0)
 
-    grads, terms = vmap(grad(one, has_aux=True))(params, x, y, hypers)
+        def one(p, xr, yr, hr, st):
+            fn = OBJECTIVES[cfg["rule"]]
+            return functional_call(base, p, (fn, xr, yr, {**cfg, **hr}, _replay(st)))
+
+        grads, terms = vmap(grad(one, has_aux=True))(params, x, y, hypers, states)
+    else:
+        def one(p, xr, yr, hr):
+            return functional_call(base, p, (_objective, xr, yr, hr, cfg))
+
+        grads, terms = vmap(grad(one, has_aux=True))(params, x, y, hypers)
     out = []
     for r, model in enumerate(models):
         for name, p in model.named_parameters():
