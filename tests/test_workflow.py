@@ -81,11 +81,13 @@ def test_run_dir_order_and_roundtrip():
 
 # --------------------------------------------------------------------------- dry runs
 @pytest.mark.parametrize(
-    "configfile, train_jobs, probe_jobs, data_jobs",
-    [(None, 28, 22, 1), ("config/test.yaml", 5, 3, 1), ("config/thesis.yaml", 468, 396, 2),
-     ("config/full_mnist.yaml", 22, 22, 1)],
+    "configfile, runs, train_jobs, probe_jobs, data_jobs",
+    # the thesis packs its runs (device cuda, pack auto): 40 packs of 3-15 runs, and 132 runs
+    # alone (60 ipc, 72 ae / cre)
+    [(None, 28, 28, 22, 1), ("config/test.yaml", 5, 5, 3, 1), ("config/thesis.yaml", 468, 172, 396, 2),
+     ("config/full_mnist.yaml", 22, 22, 22, 1)],
 )
-def test_dry_run_shipped_configs(configfile, train_jobs, probe_jobs, data_jobs):
+def test_dry_run_shipped_configs(configfile, runs, train_jobs, probe_jobs, data_jobs):
     args = ["-n", "-F", "--cores", "2", "--nolock", "-p"]
     if configfile:
         args += ["--configfile", configfile]
@@ -93,7 +95,8 @@ def test_dry_run_shipped_configs(configfile, train_jobs, probe_jobs, data_jobs):
     assert res.returncode == 0, res.stdout[-3000:]
     counts = job_counts(res.stdout)
     # ae runs ignore the rule: one ae run per CE weight x seed (x dataset), not two.
-    assert counts["train"] == train_jobs and counts["run_config"] == train_jobs
+    jobs = counts.get("train", 0) + sum(v for k, v in counts.items() if k.startswith("train_pack_"))
+    assert jobs == train_jobs and counts["run_config"] == runs
     assert counts["probe"] == probe_jobs and counts["data"] == data_jobs
     for rule in ("aggregate", "aggregate_traces", "figure_tradeoff", "figure_ce_weight",
                  "figure_inference", "figure_curves", "all"):
@@ -101,7 +104,7 @@ def test_dry_run_shipped_configs(configfile, train_jobs, probe_jobs, data_jobs):
     assert "model~ae/rule~pc" not in res.stdout and "model~cre/rule~pc" not in res.stdout
     assert "/w~0.30000000000000004/" not in res.stdout
     # torch gets exactly the threads snakemake gives the job
-    threads = re.findall(r"pcn train .*--threads (\d+)", res.stdout)
+    threads = re.findall(r"pcn (?:train|pack) .*--threads (\d+)", res.stdout)
     assert threads and len(set(threads)) == 1
 
 
@@ -326,7 +329,7 @@ def test_gpu_resource_follows_device(tmp_path):
     res = snakemake("-n", "--cores", "2", "--configfile", "c.yaml", cwd=tmp_path, timeout=60)
     assert res.returncode == 0, res.stdout[-2000:]
     blocks = job_blocks(res.stdout)
-    heavy = [b for rule, b in blocks if rule in ("train", "probe", "clamp")]
+    heavy = [b for rule, b in blocks if rule in ("train", "probe", "clamp") or rule.startswith("train_pack_")]
     light = [b for rule, b in blocks if rule in ("aggregate", "figure_tradeoff", "data")]
     assert len(heavy) == 3 and all("gpu=1" in b for b in heavy), res.stdout[-3000:]
     assert len(light) == 3 and not any("gpu=" in b for b in light)
@@ -362,8 +365,8 @@ def test_slurm_profile_submits_gpu_job_with_fake_sbatch(tmp_path):
     (work / "results" / "data").mkdir(parents=True)
     (work / "results" / "data" / "mnist.done").write_text("prepared\n")  # skip the data rule
     grid = {**GOOD_GRID, "seed": [0, 1]}
-    cfg = {"data_dir": DATA_TEMPLATE, "device": "cuda", "train": {"epochs": 1}, "grid": grid,
-           "resources": {"train": {"threads": 3, "mem_mb": 1234, "runtime": "7m"}}}
+    cfg = {"data_dir": DATA_TEMPLATE, "device": "cuda", "train": {"epochs": 1}, "grid": grid, "pack": 1,
+           "resources": {"train": {"threads": 3, "mem_mb": 1234, "runtime": "7m"}}}  # one job per run
     (work / "c.yaml").write_text(yaml.safe_dump(cfg))
     log = tmp_path / "sbatch.log"
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_SLURM_LOG=str(log))

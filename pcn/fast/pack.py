@@ -21,9 +21,10 @@ batched products, the layer-0 Gram form of ``pcn.fast.stacked``), then hands the
 to the same vmapped objective, whose inference calls replay them (``_replay``): the weight
 gradients, terms and diagnostics are still the reference objective's.  Tested equal to it.
 
-What cannot be batched trains in packs of one (``why_alone``): ``ipc`` (its weights step
-inside inference), ``eta_mode: safe`` (each run's step size comes from its own weights, a
-data-dependent value) and the ``ae`` / ``cre`` baselines.
+With ``eta_mode: safe`` each run's step size is computed from its own weights before the batch
+(as a run alone computes it) and enters as a per-run eta.  What cannot be batched trains in
+packs of one (``why_alone``): ``ipc`` (its weights step inside inference) and the ``ae`` /
+``cre`` baselines.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from pcn.core.energy import energy_scale, onehot
 from pcn.core.inference import init_latents
 from pcn.core.model import PCN
 from pcn.core.rules import OBJECTIVES, hyper, nudge_strength
+from pcn.core.stepsize import inference_eta
 from pcn.fast.kernels import df_times
 from pcn.fast.options import OPTIONS
 from pcn.fast.stacked import use_gram
@@ -54,8 +56,6 @@ def why_alone(cfg: dict) -> str | None:
         return f"model {cfg['model']!r} is a feed-forward baseline"
     if cfg["rule"] not in OBJECTIVES:
         return f"rule {cfg['rule']!r} steps the weights inside inference"
-    if cfg.get("eta_mode", "fixed") != "fixed":
-        return f"eta_mode {cfg['eta_mode']!r} takes each run's step size from its own weights"
     return None
 
 
@@ -203,11 +203,18 @@ def pack_grads(models: list[PCN], x: torch.Tensor, y: torch.Tensor, cfgs: list[d
         raise ValueError("pack_grads: the runs differ in more than " + ", ".join(PACK_FREE))
     cfg = cfgs[0]
     hyper_keys = differing(cfgs)
+    safe = None
+    if cfg.get("eta_mode", "fixed") == "safe":   # each run's own step, from its weights, as alone
+        safe = [inference_eta(m, c) for m, c in zip(models, cfgs)]
+        cfg = {**cfg, "eta_mode": "fixed"}
+        hyper_keys = [k for k in hyper_keys if k != "eta"]
     wrapped = [_Apply(m) for m in models]
     params, _ = stack_module_state(wrapped)
     base = _meta_base(keys.pop(), wrapped[0])
     dtype = x.dtype
     hypers = {k: torch.tensor([float(c[k]) for c in cfgs], dtype=dtype, device=x.device) for k in hyper_keys}
+    if safe is not None:
+        hypers["eta"] = torch.tensor(safe, dtype=dtype, device=x.device)
 
     if fast_applies(cfg):
         z0 = vmap(lambda p, xr: functional_call(base, p, (init_latents, xr, cfg["init"])))(params, x)

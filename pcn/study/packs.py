@@ -12,6 +12,7 @@ of the pack, evaluation not included).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,9 +42,11 @@ def group(cfgs: list[dict], max_size: int | None = None) -> list[list[int]]:
 
 def train_pack(cfgs: list[dict], outs: list[str | Path], device: str = "auto",
                log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-               restart_if_changed: bool = False, max_pack: int | None = None) -> list[dict]:
-    """Train every run (config ``cfgs[i]`` into folder ``outs[i]``, checkpointing there) in
-    packs; return their final metrics dicts in the order given.
+               restart_if_changed: bool = False, max_pack: int | None = None,
+               ckpt_dirs: list[str | Path] | None = None) -> list[dict]:
+    """Train every run (config ``cfgs[i]`` into folder ``outs[i]``, checkpointing into
+    ``ckpt_dirs[i]``, default ``outs[i]``) in packs; return their final metrics dicts in the
+    order given.
 
     Every run is checked as ``pcn train`` checks it (config, folder, data, a folder or
     checkpoint of another config) before anything is written; the folders of a pack are locked
@@ -52,38 +55,44 @@ def train_pack(cfgs: list[dict], outs: list[str | Path], device: str = "auto",
         raise UsageError(f"pcn pack: {len(cfgs)} configs but {len(outs)} output folders")
     if not cfgs:
         raise UsageError("pcn pack: no runs given (--run CONFIG OUT, once per run)")
+    if ckpt_dirs is not None and len(ckpt_dirs) != len(outs):
+        raise UsageError(f"pcn pack: {len(ckpt_dirs)} --ckpt-dir for {len(outs)} runs (give one per run, or none)")
     outs = [Path(o) for o in outs]
+    ckpts = [Path(c) / "ckpt.pt" for c in ckpt_dirs] if ckpt_dirs is not None else [o / "ckpt.pt" for o in outs]
     dupes = sorted({str(o) for o in outs if outs.count(o) > 1})
     if dupes:
         raise UsageError(f"pcn pack: output folder given to more than one run: {', '.join(dupes)}")
     cfgs = [config_mod.resolve(c, for_run=True) for c in cfgs]
-    for o in outs:
-        if str(o) == "":
-            raise UsageError("--run: empty output folder")
+    for o, ck in zip(outs, ckpts):
+        if str(o) == "" or str(ck.parent) == "":
+            raise UsageError("--run / --ckpt-dir: empty folder")
         _check_folder(o, f"--run ... {o}")
+        _check_folder(ck.parent, f"--ckpt-dir {ck.parent}")
     dev = pick_device(device)
-    for c, o in zip(cfgs, outs):
-        _look(c, o, o / "ckpt.pt", restart_if_changed)  # a refused run refuses all: nothing written
+    for c, o, ck in zip(cfgs, outs, ckpts):
+        _look(c, o, ck, restart_if_changed)  # a refused run refuses all: nothing written
     finals: list[dict | None] = [None] * len(cfgs)
     for idx in group(cfgs, max_pack):
         ds = data.load(cfgs[idx[0]])
         log(f"pack of {len(idx)} run(s): " + ", ".join(str(outs[i]) for i in idx))
         folders = {f"--run {outs[i]}": outs[i] for i in idx}
+        folders |= {f"--ckpt-dir {ckpts[i].parent}": ckpts[i].parent for i in idx}
         with runlock.hold(folders):
             for i, final in zip(idx, _train_one_pack([cfgs[i] for i in idx], [outs[i] for i in idx],
-                                                      dev, ds, log, restart_if_changed)):
+                                                      [ckpts[i] for i in idx], dev, ds, log, restart_if_changed)):
                 finals[i] = final
     return finals
 
 
-def _train_one_pack(cfgs: list[dict], outs: list[Path], dev: torch.device, ds: data.Dataset,
+def _train_one_pack(cfgs: list[dict], outs: list[Path], ckpts: list[Path], dev: torch.device, ds: data.Dataset,
                     log: Callable[[str], None], restart_if_changed: bool) -> list[dict]:
     """The runs of one pack (equal ``pack_key``), their folders locked."""
     train_x, train_y = place_training_set(ds.train.x, ds.train.y, dev, log)
     runs = []
-    for c, o in zip(cfgs, outs):
-        name = o.name or str(o)
-        run = Run(c, o, o / "ckpt.pt", dev, ds, (lambda s, name=name: log(f"[{name}] {s}")), restart_if_changed)
+    root = os.path.commonpath([str(o.resolve()) for o in outs]) if len(outs) > 1 else None
+    for c, o, ck in zip(cfgs, outs, ckpts):
+        name = os.path.relpath(o.resolve(), root) if root else (o.name or str(o))
+        run = Run(c, o, ck, dev, ds, (lambda s, name=name: log(f"[{name}] {s}")), restart_if_changed)
         run.open(train_x)
         runs.append(run)
     n_batches = runs[0].n_batches
@@ -134,6 +143,8 @@ def add_arguments(p) -> None:
     """The options of ``pcn pack``."""
     p.add_argument("--run", nargs=2, action="append", default=[], metavar=("CONFIG", "OUT"),
                    help="one run: its config file (YAML/JSON, as for pcn train --config) and output folder (repeatable)")
+    p.add_argument("--ckpt-dir", action="append", metavar="DIR",
+                   help="checkpoint folder of each --run, in their order (repeatable; default: each run's OUT)")
     p.add_argument("--config", metavar="FILE", help="with --vary: the base config of the grid")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key in every run (repeatable)")
@@ -166,7 +177,8 @@ def run(args) -> int:
     elif args.config or args.out_root:
         raise UsageError("--config and --out-root go with --vary (or give each run as --run CONFIG OUT)")
     _threads(args.threads)
-    finals = train_pack(cfgs, outs, args.device, restart_if_changed=args.restart_if_changed, max_pack=args.max_pack)
+    finals = train_pack(cfgs, outs, args.device, restart_if_changed=args.restart_if_changed, max_pack=args.max_pack,
+                        ckpt_dirs=args.ckpt_dir)
     for out, final in zip(outs, finals):
         status = "DIVERGED" if final["diverged"] else "done"
         print(f"{status}: test_acc {final['test_acc']} -> {out}/final.json")

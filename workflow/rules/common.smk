@@ -104,6 +104,49 @@ DATASETS = sorted({f["dataset"] for f in FACTORS.values()})
 RES = {name: _job_resources(name) for name in ("train", "probe")}
 
 
+# --------------------------------------------------------------------------- packs
+def _pack_size():
+    """Runs per training job: config `pack` (auto = 64 where train jobs use CUDA, else 1)."""
+    value = config["pack"]
+    if value == "auto":
+        return 64 if _uses_cuda() else 1
+    return int(value)
+
+
+def _build_packs():
+    """{pack id: [run folder, ...]}: the grid's runs grouped by shape into packs of at most
+    PACK_SIZE (pcn.study.packs.group); {} when PACK_SIZE is 1 (one train job per run).  A
+    pack's id is a hash of its run folders, so it is the same on every parse."""
+    if PACK_SIZE == 1:
+        return {}
+    from pcn.study.packs import group
+
+    resolved = [pcn_config.resolve(RUN_CONFIGS[r], for_run=True) for r in RUNS]
+    packs = {}
+    for idx in group(resolved, PACK_SIZE):
+        runs = [RUNS[i] for i in idx]
+        packs[hashlib.sha256("\n".join(runs).encode()).hexdigest()[:12]] = runs
+    return packs
+
+
+PACK_SIZE = _pack_size()
+PACKS = _build_packs()
+
+
+def run_name(path):
+    """The run's folder below RUNS_ROOT (the {run} wildcard of the per-run rules)."""
+    return path[len(RUNS_ROOT) + 1 :]
+
+
+def pack_arguments(runs):
+    """The `pcn pack` options of a pack's runs: --run CONFIG OUT --ckpt-dir DIR per run."""
+    return " ".join(
+        f"--run {shlex.quote(f'results/configs/{run_name(r)}.yaml')} {shlex.quote(r)}"
+        f" --ckpt-dir {shlex.quote(f'results/checkpoints/{run_name(r)}')}"
+        for r in runs
+    )
+
+
 # --------------------------------------------------------------------------- code version
 def _module_file(name):
     """Source file of pcn module `name` in this checkout, or None."""

@@ -107,6 +107,8 @@ def _read_config():
     for key in ("train", "grid"):
         if isinstance(config.get(key), dict):
             config[key] = _typed_section(key, key)
+    if isinstance(config.get("pack"), str) and config["pack"].strip().isdecimal():
+        config["pack"] = int(config["pack"])  # --config pack=8 gives text
     if isinstance(config.get("probe"), dict):
         config["probe"] = pcn_config.from_text(config["probe"])
     if isinstance(config.get("resources"), dict):
