@@ -5,7 +5,8 @@
 #   OUT=gpu_out DATA=../shared/data bash docs/bench/gpu_check.sh
 #
 # 1. the machine (nvidia-smi, torch);
-# 2. `pcn bench --device cuda` alone on the machine (its figures are the ones quoted);
+# 2. `pcn bench --device cuda --runs 1 8 64` alone on the machine (its figures are the ones
+#    quoted: per-run throughput of packs of 8 and 64 runs against one run alone);
 # 3. then at the same time (so their wall times are not speed figures):
 #    a. the test suite with CUDA visible (tests/test_cuda.py runs only there), 3 xdist workers;
 #    b. the test study, `--configfile config/test.yaml --config device=cuda`;
@@ -38,7 +39,7 @@ stamp() { echo "== $(date +%T) $*"; }
   snakemake --version; } > "$OUT/machine.txt" 2>&1
 
 stamp bench
-timeout "$BENCH_S" python3 -m pcn bench --device cuda --json "$OUT/bench-cuda.json" > "$OUT/bench.log" 2>&1
+timeout "$BENCH_S" python3 -m pcn bench --device cuda --quick --runs 1 8 64 --json "$OUT/bench-cuda.json" > "$OUT/bench.log" 2>&1
 echo "bench rc $?" >> "$OUT/bench.log"
 
 stamp "tests, test study, full MNIST (concurrently)"
