@@ -15,11 +15,11 @@ order (``pcn.study.train``); only the gradient computation is shared.  A hyper-p
 is equal across the pack stays a Python float (so the objective's control flow is that of a
 run alone); one that differs is a 0-d tensor per run (``pcn.core.rules.hyper``).
 
-The fast path (``fast_pack_grads``, for ``pc`` and ``pc-ep`` on the plain energy) runs each
-inference phase of all R runs as one hand-batched loop (``packed_infer``: (R, B, d) latents,
-batched products, the layer-0 Gram form of ``pcn.fast.stacked``), then hands the phases' latents
-to the same vmapped objective, whose inference calls replay them (``_replay``): the weight
-gradients, terms and diagnostics are still the reference objective's.  Tested equal to it.
+The fast path (``fast_applies``: ``pc`` and ``pc-ep``) runs each inference phase of all R runs
+as one hand-batched loop (``packed_infer``: (R, B, d) latents, batched products, the layer-0
+Gram form of ``pcn.fast.stacked``) and writes the weight gradients out, batched
+(``_local_grads``, as ``pcn.fast.rules.pc_grads`` does for one run).  Tested equal to the
+reference rule run by run (tests/test_pack.py).
 
 With ``eta_mode: safe`` each run's step size is computed from its own weights before the batch
 (as a run alone computes it) and enters as a per-run eta.  What cannot be batched trains in
@@ -159,18 +159,9 @@ def packed_infer(model: PCN, P: dict, x: torch.Tensor, z0: list[torch.Tensor], T
     return z
 
 
-def _replay(states: list[list[torch.Tensor]]):
-    """An ``infer`` for the objective that returns the given latents, phase after phase (the
-    objective's inference calls come in a fixed order: free, then the nudged phases)."""
-    queue = list(states)
-
-    def infer(model, x, z0, T, eta, y=None, beta=0.0, momentum=0.0, callback=None):
-        return queue.pop(0), None
-    return infer
-
-
 def fast_applies(cfg: dict) -> bool:
-    """Where ``fast_pack_grads`` applies: pc and pc-ep on the plain energy (not the reference)."""
+    """Where the batched fast path applies: pc and pc-ep (the plain energy), unless
+    OPTIONS["reference"] asks for the reference everywhere."""
     return cfg["rule"] in ("pc", "pc-ep") and not OPTIONS.get("reference")
 
 
@@ -190,6 +181,87 @@ def _phases(model: PCN, P: dict, x: torch.Tensor, y: torch.Tensor, cfg: dict, hy
         return [free, packed_infer(model, P, x, free, T, eta, y, nudge_strength(w) / s, m)]
     b = hyper(h, "ep_beta")
     return [free] + [packed_infer(model, P, x, free, T, eta, y, sign * b / s, m) for sign in (1, -1)]
+
+
+def _energy_grads(model: PCN, P: dict, x: torch.Tensor, z: list[torch.Tensor], coef, grads: dict) -> torch.Tensor:
+    """Add coef * d(s E(z)) / dtheta (batch mean, z a constant) for every run to ``grads``
+    (coef: s times the term's weight, a float or an (R,) tensor):
+
+        d/dW_l = -eps_l^T f(z_{l+1}) / B,   d/db_l = -sum_b eps_l / B   (and the prior's b_L);
+
+    returns the per-run energy E(z) (batch mean), (R,)."""
+    L, B = model.L, x.shape[1]
+    below = [x] + z[:-1]
+    fz = [model.f(zl) for zl in z]
+    eps = [below[l] - torch.baddbmm(P[f"m.b.{l}"].unsqueeze(1), fz[l], P[f"m.W.{l}"].mT) for l in range(L)]
+    names = [(f"m.W.{l}", f"m.b.{l}") for l in range(L)]
+    if P.get("m.prior_mean") is not None:
+        eps.append(z[-1] - P["m.prior_mean"].unsqueeze(1))
+    c = _col(coef) / B if isinstance(coef, torch.Tensor) else coef / B
+    for l in range(L):
+        gw = eps[l].mT @ fz[l] * -c
+        gb = eps[l].sum(1) * (-c.reshape(-1, 1) if isinstance(c, torch.Tensor) else -c)
+        for name, g in zip(names[l], (gw, gb)):
+            grads[name] = grads[name] + g if name in grads else g
+    if len(eps) > L:
+        g = eps[L].sum(1) * (-c.reshape(-1, 1) if isinstance(c, torch.Tensor) else -c)
+        grads["m.prior_mean"] = grads["m.prior_mean"] + g if "m.prior_mean" in grads else g
+    return sum(0.5 * (e * e).sum((1, 2)) for e in eps) / B
+
+
+def _relative(z_new: list[torch.Tensor], z: list[torch.Tensor]) -> torch.Tensor:
+    """``pcn.core.stepsize.relative_update_t`` per run: ||z' - z|| / ||z'||, (R,) float64."""
+    num = sum(((a - b).double() ** 2).sum((1, 2)) for a, b in zip(z_new, z))
+    den = sum((a.double() ** 2).sum((1, 2)) for a in z_new)
+    return torch.where(den > 0, (num / den).sqrt(), torch.full_like(den, float("nan")))
+
+
+def _local_grads(model: PCN, P: dict, x: torch.Tensor, y: torch.Tensor, cfg: dict, hypers: dict,
+                 z0: list[torch.Tensor], states: list[list[torch.Tensor]]) -> tuple[dict, dict]:
+    """``pc`` and ``pc-ep``'s updates and terms (``pcn.core.rules.pc_objective`` /
+    ``ep_objective``) for all runs, written out and batched: the energy gradients at the phases'
+    latents, the readout probe's CE gradients at the free top latent, the amortiser's
+    regression, ``settle`` (one more batched step) and the nudge gap."""
+    h = {k: hypers.get(k, cfg[k]) for k in ("ce_weight", "eta", "ep_beta")}
+    w, eta = hyper(h, "ce_weight"), hyper(h, "eta")
+    s = energy_scale(model, cfg["energy_norm"])
+    B = x.shape[1]
+    free = states[0]
+    grads: dict = {}
+    if cfg["rule"] == "pc":
+        beta = nudge_strength(w) / s
+        z = states[1] if len(states) > 1 else free
+        E = _energy_grads(model, P, x, z, s, grads)
+        settle = _relative(packed_infer(model, P, x, z, 1, eta, y if len(states) > 1 else None, beta), z)
+        target, gap_to = z, z
+    else:
+        b = hyper(h, "ep_beta")
+        E = _energy_grads(model, P, x, free, (1.0 - w) * s, grads)
+        if len(states) > 1:
+            _energy_grads(model, P, x, states[1], w / (2 * b) * s, grads)
+            _energy_grads(model, P, x, states[2], -w / (2 * b) * s, grads)
+        settle = _relative(packed_infer(model, P, x, free, 1, eta), free)
+        target, gap_to = free, states[1] if len(states) > 1 else free
+    # the readout probe on the free top latent
+    zL = free[-1]
+    logp = torch.log_softmax(torch.baddbmm(P["m.c"].unsqueeze(1), zL, P["m.C"].mT), dim=-1)
+    hot = onehot(y.reshape(-1), logp.shape[-1], x.dtype).reshape(logp.shape)
+    ce = -(logp * hot).sum(-1).mean(1)
+    res = logp.exp() - hot
+    grads["m.C"], grads["m.c"] = res.mT @ zL / B, res.mean(1)
+    terms = {"energy": s * E, "ce": ce}
+    if P.get("m.V.0") is not None:   # the amortiser regresses onto the target latents
+        inputs = [x] + [model.f(zl) for zl in target[:-1]]
+        amort = 0.0
+        for l in range(model.L):
+            r = torch.baddbmm(P[f"m.a.{l}"].unsqueeze(1), inputs[l], P[f"m.V.{l}"].mT) - target[l]
+            grads[f"m.V.{l}"], grads[f"m.a.{l}"] = r.mT @ inputs[l] / B, r.mean(1)
+            amort = amort + 0.5 * (r * r).sum((1, 2)) / B
+        terms["amortiser"] = amort
+    terms["settle"] = settle
+    terms["nudge_gap"] = _relative([free[-1]], [gap_to[-1]]) if len(states) > 1 else torch.zeros_like(settle)
+    terms["loss"] = (1.0 - w) * terms["energy"] + w * ce
+    return grads, terms
 
 
 def pack_grads(models: list[PCN], x: torch.Tensor, y: torch.Tensor, cfgs: list[dict]) -> list[dict[str, torch.Tensor]]:
@@ -217,19 +289,16 @@ def pack_grads(models: list[PCN], x: torch.Tensor, y: torch.Tensor, cfgs: list[d
         hypers["eta"] = torch.tensor(safe, dtype=dtype, device=x.device)
 
     if fast_applies(cfg):
-        z0 = vmap(lambda p, xr: functional_call(base, p, (init_latents, xr, cfg["init"])))(params, x)
-        states = _phases(wrapped[0].m, params, x, y, cfg, hypers, z0)
-
-        def one(p, xr, yr, hr, st):
-            fn = OBJECTIVES[cfg["rule"]]
-            return functional_call(base, p, (fn, xr, yr, {**cfg, **hr}, _replay(st)))
-
-        grads, terms = vmap(grad(one, has_aux=True))(params, x, y, hypers, states)
+        with torch.no_grad():
+            z0 = vmap(lambda p, xr: functional_call(base, p, (init_latents, xr, cfg["init"])))(params, x)
+            states = _phases(wrapped[0].m, params, x, y, cfg, hypers, z0)
+            grads, terms = _local_grads(wrapped[0].m, params, x, y, cfg, hypers, z0, states)
     else:
         def one(p, xr, yr, hr):
             return functional_call(base, p, (_objective, xr, yr, hr, cfg))
 
         grads, terms = vmap(grad(one, has_aux=True))(params, x, y, hypers)
+    terms = {k: v.cpu() for k, v in terms.items()}  # one transfer per term, not one per run
     out = []
     for r, model in enumerate(models):
         for name, p in model.named_parameters():
