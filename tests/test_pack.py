@@ -160,6 +160,9 @@ def test_packs_group_by_shape():
     cfgs = [a, _cfg(T=5), b, _cfg(T=5, seed=3), _cfg(seed=4)]
     assert group(cfgs) == [[0, 2, 4], [1, 3]]
     assert group(cfgs, max_size=2) == [[0, 2], [4], [1, 3]]
+    models = [PCN([784, 16, 8], amortised=True, seed=s) for s in range(2)]
+    with pytest.raises(ValueError, match="differ in more than"):
+        pack_grads(models, torch.zeros(2, 4, 784), torch.zeros(2, 4, dtype=torch.long), [a, _cfg(T=5)])
 
 
 def test_a_diverged_run_is_frozen_and_the_others_go_on(tmp_path, one_thread):

@@ -264,15 +264,19 @@ def _local_grads(model: PCN, P: dict, x: torch.Tensor, y: torch.Tensor, cfg: dic
     return grads, terms
 
 
-def pack_grads(models: list[PCN], x: torch.Tensor, y: torch.Tensor, cfgs: list[dict]) -> list[dict[str, torch.Tensor]]:
+def pack_grads(models: list[PCN], x: torch.Tensor, y: torch.Tensor, cfgs: list[dict],
+               key: str | None = None) -> list[dict[str, torch.Tensor]]:
     """One batch of every run of a pack: fill p.grad of each run's parameters with its rule's
-    update and return each run's loss terms, computed as one ``vmap`` over the runs.
+    update and return each run's loss terms (on the host), computed batched over the runs.
 
     x: (R, B, d_0) and y: (R, B), run r's batch in row r; ``cfgs``: the runs' configs (equal
-    but for ``PACK_FREE``, which ``pack_key`` checks)."""
-    keys = {pack_key(c) for c in cfgs}
-    if len(keys) != 1:
-        raise ValueError("pack_grads: the runs differ in more than " + ", ".join(PACK_FREE))
+    but for ``PACK_FREE``); ``key``: their common ``pack_key``, if the caller has checked it
+    (else it is checked here)."""
+    if key is None:
+        keys = {pack_key(c) for c in cfgs}
+        if len(keys) != 1:
+            raise ValueError("pack_grads: the runs differ in more than " + ", ".join(PACK_FREE))
+        key = keys.pop()
     cfg = cfgs[0]
     hyper_keys = differing(cfgs)
     safe = None
@@ -282,7 +286,7 @@ def pack_grads(models: list[PCN], x: torch.Tensor, y: torch.Tensor, cfgs: list[d
         hyper_keys = [k for k in hyper_keys if k != "eta"]
     wrapped = [_Apply(m) for m in models]
     params, _ = stack_module_state(wrapped)
-    base = _meta_base(keys.pop(), wrapped[0])
+    base = _meta_base(key, wrapped[0])
     dtype = x.dtype
     hypers = {k: torch.tensor([float(c[k]) for c in cfgs], dtype=dtype, device=x.device) for k in hyper_keys}
     if safe is not None:

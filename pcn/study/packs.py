@@ -96,6 +96,10 @@ def _train_one_pack(cfgs: list[dict], outs: list[Path], ckpts: list[Path], dev: 
         run.open(train_x)
         runs.append(run)
     n_batches = runs[0].n_batches
+    keys = {pack_key(c) for c in cfgs}
+    if len(keys) != 1:   # group() made the pack: a bug if it fails
+        raise AssertionError("a pack of runs of different shapes")
+    key = keys.pop()
     first = min(r.start_epoch for r in runs)
     for epoch in range(first, cfgs[0]["epochs"] + 1):
         todo = [r for r in runs if r.trains_in(epoch)]
@@ -116,7 +120,7 @@ def _train_one_pack(cfgs: list[dict], outs: list[Path], ckpts: list[Path], dev: 
             else:
                 xs = torch.stack([train_x[i] for i in idx]).to(dev, non_blocking=True)
                 ys = torch.stack([train_y[i] for i in idx]).to(dev, non_blocking=True)
-                terms = pack_grads([r.model for r in live], xs, ys, [r.cfg for r in live])
+                terms = pack_grads([r.model for r in live], xs, ys, [r.cfg for r in live], key)
             for r, t in zip(live, terms):
                 r.record(b, t)
         seconds = time.perf_counter() - t0
