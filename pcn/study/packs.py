@@ -24,7 +24,7 @@ from pcn.errors import UsageError
 from pcn.fast.pack import pack_grads, pack_key
 from pcn.study import config as config_mod
 from pcn.study import data, runlock
-from pcn.study.train import Run, _check_folder, _look, pick_device, place_training_set
+from pcn.study.train import Run, _check_folder, _look, pick_device, place_training_set, progress_due
 
 
 def group(cfgs: list[dict], max_size: int | None = None) -> list[list[int]]:
@@ -94,6 +94,7 @@ def _train_one_pack(cfgs: list[dict], outs: list[Path], ckpts: list[Path], dev: 
         name = os.path.relpath(o.resolve(), root) if root else (o.name or str(o))
         run = Run(c, o, ck, dev, ds, (lambda s, name=name: log(f"[{name}] {s}")), restart_if_changed)
         run.open(train_x)
+        run.progress = len(outs) == 1
         runs.append(run)
     n_batches = runs[0].n_batches
     keys = {pack_key(c) for c in cfgs}
@@ -123,6 +124,9 @@ def _train_one_pack(cfgs: list[dict], outs: list[Path], ckpts: list[Path], dev: 
                 terms = pack_grads([r.model for r in live], xs, ys, [r.cfg for r in live], key)
             for r, t in zip(live, terms):
                 r.record(b, t)
+            if len(runs) > 1 and progress_due(b, n_batches):
+                log(f"  epoch {epoch} batch {b + 1}/{n_batches}: {len(live)} run(s) training, "
+                    f"{time.perf_counter() - t0:.0f} s")
         seconds = time.perf_counter() - t0
         for r in todo:
             r.end_epoch(seconds)

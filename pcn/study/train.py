@@ -300,6 +300,11 @@ def _look(cfg: dict, out: Path, ckpt_path: Path, restart_if_changed: bool) -> tu
     return old_cfg, out_diff, damaged, ck, other
 
 
+def progress_due(b: int, n_batches: int) -> bool:
+    """Whether batch b ends a quarter of a long epoch (>= 200 batches): a progress line then."""
+    return n_batches >= 200 and (b + 1) % (n_batches // 4) == 0 and b + 1 < n_batches
+
+
 class Run:
     """One run's training state and bookkeeping, shared by ``train`` (a run alone) and
     ``pcn.study.packs.train_pack`` (runs whose gradients are computed together).  Per batch the
@@ -311,6 +316,7 @@ class Run:
                  log: Callable[[str], None], restart_if_changed: bool):
         self.cfg, self.out, self.ckpt_path, self.dev, self.ds, self.log = cfg, out, ckpt_path, dev, ds, log
         self.restart_if_changed = restart_if_changed
+        self.progress = True   # a progress line per quarter epoch (a pack logs one for all its runs)
 
     def open(self, train_x: torch.Tensor) -> None:
         """Look at the folders again (under the lock), write config.json, build or restore the
@@ -399,9 +405,8 @@ class Run:
         self.settle_sum += float(terms["settle"]) if "settle" in terms else float("nan")
         self.gap_sum += float(terms["nudge_gap"]) if "nudge_gap" in terms else float("nan")
         self.done = b + 1
-        n_batches = self.n_batches
-        if n_batches >= 200 and (b + 1) % (n_batches // 4) == 0 and b + 1 < n_batches:
-            self.log(f"  epoch {self.epoch} batch {b + 1}/{n_batches} loss {self.sums['loss'] / (b + 1):.4f}")
+        if self.progress and progress_due(b, self.n_batches):
+            self.log(f"  epoch {self.epoch} batch {b + 1}/{self.n_batches} loss {self.sums['loss'] / (b + 1):.4f}")
         return True
 
     def end_epoch(self, seconds: float | None = None) -> None:
