@@ -14,6 +14,10 @@ predicted from below by the bottom-up weights V_l, a_l (g_0 = identity, g_l = f)
 
 All functions take a batch (rows are samples) and return per-sample quantities; they are
 plain tensor code, so they run without autograd and are also differentiable by it.
+The weights are reached only through the model's layer operations (``predict``, ``back``,
+``bu_predict``, ``bu_back``: a matrix product for a dense link, a (transposed) convolution for a
+conv link, ``pcn.core.model``), so the same code is the energy of MLP and conv PCNs; there
+``W_l^T`` below stands for ``back`` and ``V_l^T`` for ``bu_back``.
 A new energy term is added here (``errors``/``energy`` and ``latent_grad``), then, optionally,
 to the fast paths in ``pcn.fast``.
 """
@@ -28,7 +32,7 @@ from pcn.core.model import PCN
 def errors(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> list[torch.Tensor]:
     """eps_l = z_l - (W_l f(z_{l+1}) + b_l) for l = 0..L-1, and eps_L = z_L - b_L with a prior."""
     below = [x] + z[:-1]
-    eps = [below[l] - torch.addmm(model.b[l], model.f(z[l]), model.W[l].t()) for l in range(model.L)]
+    eps = [below[l] - model.predict(l, model.f(z[l])) for l in range(model.L)]
     if model.prior_mean is not None:
         eps.append(z[-1] - model.prior_mean)
     return eps
@@ -42,7 +46,7 @@ def layer_energies(eps: list[torch.Tensor]) -> torch.Tensor:
 def bu_errors(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> list[torch.Tensor]:
     """delta_{l+1} = z_{l+1} - (V_l g_l(z_l) + a_l) for l = 0..L-1 (g_0 = identity, z_0 = x)."""
     below = [x] + [model.f(zl) for zl in z[:-1]]
-    return [z[l] - torch.addmm(model.a[l], below[l], model.V[l].t()) for l in range(model.L)]
+    return [z[l] - model.bu_predict(l, below[l]) for l in range(model.L)]
 
 
 def energy(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
@@ -58,7 +62,7 @@ def latent_grad(model: PCN, z: list[torch.Tensor], eps: list[torch.Tensor]) -> l
     """dE/dz_l = [eps_l] - f'(z_l) * (eps_{l-1} W_{l-1}) for l = 1..L, from the errors ``eps``."""
     grads = []
     for l in range(1, model.L + 1):
-        g = -model.df(z[l - 1]) * (eps[l - 1] @ model.W[l - 1])
+        g = -model.df(z[l - 1]) * model.back(l - 1, eps[l - 1])
         if l < model.L or model.prior_mean is not None:
             g = g + eps[l]
         grads.append(g)
@@ -73,7 +77,7 @@ def bu_latent_grad(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> list[t
     for l in range(1, model.L + 1):
         g = a * d[l - 1]
         if l < model.L:
-            g = g - a * model.df(z[l - 1]) * (d[l] @ model.V[l])
+            g = g - a * model.df(z[l - 1]) * model.bu_back(l, d[l])
         grads.append(g)
     return grads
 

@@ -42,7 +42,7 @@ def init_latents(model: PCN, x: torch.Tensor, mode: str) -> list[torch.Tensor]:
         top = model.prior_mean.expand(B, -1) if model.prior_mean is not None else x.new_zeros(B, model.layers[-1])
         z = [top]
         for l in reversed(range(1, model.L)):
-            z.insert(0, torch.addmm(model.b[l], model.f(z[0]), model.W[l].t()))
+            z.insert(0, model.predict(l, model.f(z[0])))
         return z
     if mode == "amortised":
         if model.V is None:

@@ -72,7 +72,8 @@ def amortiser_loss(model: PCN, x: torch.Tensor, z: list[torch.Tensor]) -> torch.
     loss = 0.0
     for l in range(model.L):
         inp = below[l] if l == 0 else model.f(below[l])
-        r = inp @ model.V[l].t() + model.a[l] - z[l].detach()
+        pred = model.bu_predict(l, inp) if model.conv[l] is not None else inp @ model.V[l].t() + model.a[l]
+        r = pred - z[l].detach()
         loss = loss + 0.5 * (r * r).sum(1).mean()
     return loss
 

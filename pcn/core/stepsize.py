@@ -58,7 +58,10 @@ def _norm(w: torch.Tensor) -> float:
 
 
 def curvature_bound(model: PCN) -> float:
-    """max_l r_l, the block-Gershgorin bound on lambda_max of the latent Gauss-Newton Hessian."""
+    """max_l r_l, the block-Gershgorin bound on lambda_max of the latent Gauss-Newton Hessian
+    (dense weights only: a conv PCN is refused)."""
+    if model.is_conv:
+        raise ValueError("eta_mode 'safe': the curvature bound is written for dense weights; a conv PCN takes eta_mode fixed")
     c, L = SLOPE[model.activation], model.L
     nW = [_norm(w) for w in model.W]
     nV = [_norm(v) for v in model.V] if model.bottom_up > 0 else []

@@ -35,9 +35,11 @@ def note_reference(what: str) -> None:
 
 def unsupported(model: PCN, beta: float) -> str | None:
     """What of an inference no fast path covers (None if they all apply): the bottom-up energy
-    (``bpc``).  A negative nudge (the opposite phase of ``pc-ep``) runs on the stacked loop."""
+    (``bpc``) and conv layers (``arch: conv``).  A negative nudge (the opposite phase of ``pc-ep``) runs on the stacked loop."""
     if getattr(model, "bottom_up", 0.0) > 0:
         return "inference with a bottom-up energy (bpc)"
+    if getattr(model, "is_conv", False):
+        return "inference of a conv PCN (arch conv)"
     return None
 
 

@@ -56,6 +56,8 @@ def why_alone(cfg: dict) -> str | None:
         return f"model {cfg['model']!r} is a feed-forward baseline"
     if cfg["rule"] not in OBJECTIVES:
         return f"rule {cfg['rule']!r} steps the weights inside inference"
+    if cfg.get("arch", "mlp") == "conv":
+        return "arch 'conv' has no packed (stacked) path"
     return None
 
 

@@ -55,8 +55,8 @@ def _amortiser_grads(model: PCN, x: torch.Tensor, z: list[torch.Tensor],
 
 
 def _fast_pc_applies(model: PCN) -> bool:
-    """The written-out pc gradients cover the plain energy (no bottom-up term)."""
-    return model.bottom_up == 0
+    """The written-out pc gradients cover the plain dense energy (no bottom-up term, no conv)."""
+    return model.bottom_up == 0 and not model.is_conv
 
 
 @torch.no_grad()
@@ -64,7 +64,7 @@ def pc_grads(model: PCN, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict[st
     """Local PC rule (``pcn.core.rules.pc_grads``): free and nudged inference, -dE/dtheta at the
     nudged latents (the amortiser regresses onto them too), the readout on the free ones."""
     if not _fast_pc_applies(model):
-        note_reference("rule 'pc' on a model with a bottom-up energy")
+        note_reference("rule 'pc' on a model with a bottom-up energy or conv layers")
         return reference.pc_grads(model, x, y, cfg)
     w = float(cfg["ce_weight"])
     s = energy_scale(model, cfg["energy_norm"])

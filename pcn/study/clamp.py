@@ -113,7 +113,7 @@ def latent_energy(model: PCN, z: list[torch.Tensor]) -> torch.Tensor:
     (plus the model's prior term if it has one); the data layer's term is left out."""
     total = z[0].new_zeros(z[0].shape[0])
     for l in range(1, model.L):
-        e = z[l - 1] - torch.addmm(model.b[l], model.f(z[l]), model.W[l].t())
+        e = z[l - 1] - model.predict(l, model.f(z[l]))
         total = total + 0.5 * (e * e).sum(1)
     if model.prior_mean is not None:
         total = total + 0.5 * ((z[-1] - model.prior_mean) ** 2).sum(1)
@@ -124,7 +124,7 @@ def top_down(model: PCN, zL: torch.Tensor) -> list[torch.Tensor]:
     """[z_1, ..., z_L] with z_L given and each lower latent its top-down prediction mu_l."""
     z = [zL]
     for l in reversed(range(1, model.L)):
-        z.insert(0, torch.addmm(model.b[l], model.f(z[0]), model.W[l].t()))
+        z.insert(0, model.predict(l, model.f(z[0])))
     return z
 
 

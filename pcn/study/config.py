@@ -173,8 +173,13 @@ def validate(cfg: dict, for_run: bool = False) -> dict:
     if bad:
         raise ConfigError("; ".join(f"config key '{k}': must be a finite number (nan and inf are not allowed)"
                                     for k in bad))
-    if cfg["model"] == "pcn" and len(cfg["layers"]) < 2:
+    if cfg["model"] == "pcn" and cfg.get("arch", "mlp") == "mlp" and len(cfg["layers"]) < 2:
         raise ConfigError("config key 'layers': a pcn needs at least 2 layer sizes")
+    if cfg["model"] != "pcn" and len(cfg["layers"]) < 2:
+        raise ConfigError(f"config key 'layers': model {cfg['model']!r} needs at least 2 layer sizes")
+    conv_problem = _conv_problem(cfg)
+    if conv_problem:
+        raise ConfigError(conv_problem)
     size = input_size(cfg["dataset"])
     if for_run and cfg["layers"][0] != size:
         raise ConfigError(f"config key 'layers': the first size {cfg['layers'][0]} must equal the input size of "
@@ -184,6 +189,48 @@ def validate(cfg: dict, for_run: bool = False) -> dict:
     if reason:
         raise ConfigError(reason)
     return cfg
+
+
+CONV_KEYS = ("conv_channels", "kernels", "strides", "padding")
+"""The geometry keys of ``arch: conv``."""
+
+
+def conv_spec(cfg: dict):
+    """The ``pcn.core.model.ConvSpec`` of an ``arch: conv`` config (None for ``mlp``); the input's
+    (c, h, w) from the dataset's layout of ``layers[0]`` values (``pcn.images``)."""
+    if cfg.get("arch", "mlp") != "conv":
+        return None
+    from pcn.core.model import ConvSpec
+    from pcn.images import image_shape
+
+    return ConvSpec(image_shape(cfg["layers"][0]), *(list(cfg[k]) for k in CONV_KEYS))
+
+
+def _conv_problem(cfg: dict) -> str | None:
+    """Why the conv keys of a config define no model (None if they do, or for ``arch: mlp``)."""
+    if cfg.get("arch", "mlp") != "conv":
+        return None
+    if cfg["model"] != "pcn":
+        return f"config key 'arch': conv is a pcn architecture; model {cfg['model']!r} takes arch: mlp"
+    from pcn.core.model import conv_geometry
+    from pcn.images import DATASET_SHAPES
+
+    if cfg["layers"][0] not in DATASET_SHAPES and int(cfg["layers"][0] ** 0.5) ** 2 != cfg["layers"][0]:
+        return (f"config key 'layers': arch conv needs an image input, and {cfg['layers'][0]} values are neither "
+                f"a dataset's image ({', '.join(map(str, DATASET_SHAPES))}) nor a square")
+    for k in ("kernels", "strides", "padding"):
+        if len(cfg[k]) != len(cfg["conv_channels"]):
+            return (f"config key '{k}': {len(cfg[k])} entries {cfg[k]} but conv_channels has "
+                    f"{len(cfg['conv_channels'])} {cfg['conv_channels']}: give one per conv layer")
+    try:
+        conv_geometry(conv_spec(cfg))
+    except ValueError as e:
+        return f"config keys {', '.join(CONV_KEYS)}: {e}"
+    if cfg["eta_mode"] != "fixed":
+        return "config key 'eta_mode': arch conv takes eta_mode fixed (the safe step's curvature bound is written for dense weights)"
+    if cfg["weight_cap"] is not None:
+        return "config key 'weight_cap': arch conv takes weight_cap null (the cap's spectral norm is written for dense weights)"
+    return None
 
 
 def undefined_point(cfg: dict) -> str | None:

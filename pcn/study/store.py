@@ -15,7 +15,7 @@ from pcn.core.ae import AE
 from pcn.core.cre import CRE
 from pcn.core.model import PCN
 from pcn.errors import PcnError
-from pcn.study.config import input_size
+from pcn.study.config import conv_spec, input_size
 
 #: A training checkpoint is this line, the SHA-256 (hex) of the payload and a newline, then the
 #: payload (a torch.save stream): a truncated or overwritten file fails the check on load.
@@ -117,7 +117,7 @@ def build_model(cfg: dict) -> torch.nn.Module:
     bpc = cfg.get("rule") in BOTTOM_UP_RULES      # their bottom-up weights are part of the energy
     return PCN(cfg["layers"], cfg["activation"], prior=cfg["prior"],
                amortised=cfg["init"] == "amortised" or bpc, seed=cfg["seed"],
-               bottom_up=float(cfg.get("bu_weight", 1.0)) if bpc else 0.0)
+               bottom_up=float(cfg.get("bu_weight", 1.0)) if bpc else 0.0, conv=conv_spec(cfg))
 
 
 def _model_from(blob: dict, key: str, path: Path) -> torch.nn.Module:

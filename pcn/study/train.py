@@ -85,6 +85,8 @@ def cap_weights(model: torch.nn.Module, cap: float | None) -> None:
     model whose energy has them); nothing when ``cap`` is None."""
     if cap is None or not isinstance(model, PCN):
         return
+    if model.is_conv:
+        raise ValueError("weight_cap: the spectral-norm cap is written for dense weights; a conv PCN takes weight_cap null")
     mats = list(model.W) + (list(model.V) if model.bottom_up > 0 else [])
     for w in mats:
         n = spectral_norm(w)
