@@ -322,6 +322,32 @@ def test_train_by_rule_and_init_overrides(tmp_path):
         assert res.returncode != 0 and f"{section}.{bad}" in res.stdout, res.stdout[-2000:]
 
 
+def test_extra_grids_and_train_by_arch(tmp_path):
+    """`extra_grids` add runs that are not a product with the main grid (conv runs of one
+    dataset); `train_by_arch` sets the conv runs' layers and channels; an ae point of a conv grid
+    is the ae's only architecture, mlp; a bad conv geometry stops the workflow at parse time."""
+    conv_grid = {**GOOD_GRID, "model": ["pcn", "ae"], "rule": ["bp"], "arch": ["conv"]}
+    cfg = {"data_dir": DATA_TEMPLATE, "train": {"epochs": 1}, "grid": GOOD_GRID, "extra_grids": [conv_grid],
+           "train_by_arch": {"conv": {"layers": [784, 64], "conv_channels": [8, 16], "T": 7}}}
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg))
+    point = {k: v[0] for k, v in GOOD_GRID.items()}
+    runs = {"mlp": run_dir(point), "conv": run_dir({**point, "rule": "bp", "arch": "conv"}),
+            "ae": run_dir({**point, "model": "ae", "rule": "bp", "arch": "mlp"})}
+    res = snakemake(*[f"results/configs/{r}.yaml" for r in runs.values()], "--cores", "1",
+                    "--configfile", "ok.yaml", cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stdout[-2000:]
+    got = {k: yaml.safe_load((tmp_path / "results" / "configs" / f"{r}.yaml").read_text()) for k, r in runs.items()}
+    assert "arch~conv" in runs["conv"] and got["conv"]["arch"] == "conv"
+    assert (got["conv"]["layers"], got["conv"]["conv_channels"], got["conv"]["T"]) == ([784, 64], [8, 16], 7)
+    assert "arch" not in got["mlp"] and "conv_channels" not in got["ae"] and got["ae"]["arch"] == "mlp"
+    res = snakemake("-n", "-F", "--cores", "1", "--configfile", "ok.yaml", cwd=tmp_path, timeout=60)
+    assert res.returncode == 0 and job_counts(res.stdout)["run_config"] == 3, res.stdout[-2000:]
+    bad = {**cfg, "train_by_arch": {"conv": {"layers": [784], "kernels": [4]}}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    res = snakemake("-n", "--cores", "1", "--configfile", "bad.yaml", cwd=tmp_path, timeout=60)
+    assert res.returncode != 0 and "'kernels'" in res.stdout and "conv_channels has 2" in res.stdout, res.stdout[-2000:]
+
+
 def test_gpu_resource_follows_device(tmp_path):
     """Train and probe jobs declare gpu=1 exactly when they will use CUDA."""
     cfg = {"data_dir": DATA_TEMPLATE, "device": "cuda", "grid": GOOD_GRID}

@@ -53,6 +53,10 @@ class RunError(PcnError, ValueError):
 KEY_FACTORS = ("dataset", "model", "rule", "ce_weight", "seed", "T")
 #: Config keys that never count as factors.
 NOT_FACTORS = {"data_dir", "data_root"}
+#: The factors of an arm: keys set per arm by the workflow (``train_by_model``, ``_rule``,
+#: ``_init``, ``_arch``: e.g. a conv run's layers and channels) are constant within one and are
+#: not factors of their own.
+ARM = ("model", "rule", "init", "arch")
 
 
 def _cell(v):
@@ -278,17 +282,18 @@ def aggregate(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
 def factor_columns(summary: pd.DataFrame) -> list[str]:
     """Key factors plus every training-config column that differs between runs of the same model.
 
-    ``init`` is a factor wherever it is swept (the inference arms).  Where the data lives
+    ``init`` and ``arch`` are factors wherever they are swept (the inference arms, MLP vs conv).  Where the data lives
     (``data_dir``, ``data_root``) is not a factor, nor is a key that is
     constant within each model x rule x init (e.g. the cre runs' own batch size, or bpc's
-    bu_weight, set by the workflow's ``train_by_model`` / ``train_by_rule`` / ``train_by_init``):
+    bu_weight, or a conv run's layers, set by the workflow's ``train_by_model`` / ``train_by_rule``
+    / ``train_by_init`` / ``train_by_arch``):
     those factors already tell the runs apart.
     """
     from pcn.study.config import defaults
 
     config_keys = set(defaults()) - NOT_FACTORS
     cols = [c for c in KEY_FACTORS if c in summary]
-    arm = [c for c in ("model", "rule", "init") if c in summary]
+    arm = [c for c in ARM if c in summary]
     group = (summary[arm].astype(str).fillna("").agg("/".join, axis=1) if arm
              else pd.Series("", index=summary.index))
     # the arm factors themselves: init (not a key factor) is one wherever it is swept

@@ -21,23 +21,27 @@ RUNS_ROOT = "results/runs"
 
 # --------------------------------------------------------------------------- the grid
 def _build_runs(cfg):
-    """Expand the grid into {run folder: factors} and {run folder: run config}."""
-    grid = dict(cfg["grid"])
+    """Expand the grid (and the extra grids) into {run folder: factors} and {run folder: run
+    config}."""
+    grids = [("grid", dict(cfg["grid"]))] + [
+        (f"extra_grids[{i}]", dict(g)) for i, g in enumerate(cfg.get("extra_grids") or [])
+    ]
     base = dict(cfg.get("train") or {})
     if "data_dir" in base:
         raise config_error(
             "config key 'train.data_dir': set the data folder with the top-level "
             "key 'data_dir' (it may contain {dataset}), not under 'train'."
         )
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise config_error(
-                f"config key 'grid.{key}': must be a non-empty list of values"
-            )
-        if key == "data_dir":
-            raise config_error(
-                "config key 'grid.data_dir': data_dir is not a factor; use the top-level 'data_dir'"
-            )
+    for name, grid in grids:
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise config_error(
+                    f"config key '{name}.{key}': must be a non-empty list of values"
+                )
+            if key == "data_dir":
+                raise config_error(
+                    f"config key '{name}.data_dir': data_dir is not a factor; use the top-level 'data_dir'"
+                )
     try:
         pcn_config.resolve(base, {})
     except pcn_config.ConfigError as err:
@@ -56,12 +60,14 @@ def _build_runs(cfg):
                 )
 
     factors_of, config_of = {}, {}
-    for combo in itertools.product(*grid.values()):
-        factors = dict(zip(grid, combo))
+    points = [dict(zip(g, combo)) for _, g in grids for combo in itertools.product(*g.values())]
+    for factors in points:
+        if factors["model"] != "pcn" and "arch" in factors:
+            factors["arch"] = "mlp"  # the feed-forward baselines have one architecture
         run_base = dict(base)
         for section, factor in BY_SECTIONS.items():
             if factor != "model" and factors["model"] != "pcn":
-                continue  # ae and cre runs ignore rule and init, so their overrides too
+                continue  # ae and cre runs ignore rule, init and arch, so their overrides too
             value = factors.get(factor, base.get(factor, pcn_config.defaults()[factor]))
             run_base.update(by[section].get(value, {}))
         if pcn_config.undefined_point({**pcn_config.defaults(), **run_base, **factors}):

@@ -35,6 +35,7 @@ BY_SECTIONS = {
     "train_by_model": "model",
     "train_by_rule": "rule",
     "train_by_init": "init",
+    "train_by_arch": "arch",
 }
 SCHEMA = str(Path(workflow.basedir, "schemas", "config.schema.yaml"))
 
@@ -77,9 +78,9 @@ def _typed(value, key=None):
     return value
 
 
-def _typed_section(section, key):
-    """Typed copy of config[key] (train: {key: value}; grid: {key: [values]})."""
-    value = config.get(key)
+def _typed_section(section, key, value=None):
+    """Typed copy of config[key] (train: {key: value}; grid: {key: [values]}), or of ``value``."""
+    value = config.get(key) if value is None else value
     if not isinstance(value, dict):
         return value
     out = {}
@@ -107,6 +108,8 @@ def _read_config():
     for key in ("train", "grid"):
         if isinstance(config.get(key), dict):
             config[key] = _typed_section(key, key)
+    if isinstance(config.get("extra_grids"), list):
+        config["extra_grids"] = [_typed_section("grid", "extra_grids", g) for g in config["extra_grids"]]
     if isinstance(config.get("pack"), str) and config["pack"].strip().isdecimal():
         config["pack"] = int(config["pack"])  # --config pack=8 gives text
     if isinstance(config.get("probe"), dict):

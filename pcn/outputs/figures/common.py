@@ -75,11 +75,11 @@ def _extra_factors(summary: pd.DataFrame | None) -> list[str] | None:
     """Swept factors besides the standard ones (they become part of the line label); T only
     where it differs within a model x rule x init (a T set per arm, e.g. by the workflow's
     ``train_by_init``, is not a sweep)."""
-    from pcn.outputs.aggregate import factor_columns  # local: keep import light
+    from pcn.outputs.aggregate import ARM, factor_columns  # local: keep import light
 
     if summary is None:
         return None
-    arm = [c for c in ("model", "rule", "init") if c in summary]
+    arm = [c for c in ARM if c in summary]
     T_swept = "T" in summary and (summary.groupby(arm)["T"].nunique().max() if arm else summary["T"].nunique()) > 1
     return [c for c in factor_columns(summary) if c not in _NOT_LABEL and c != "T"] + (["T"] if T_swept else [])
 
