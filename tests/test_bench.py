@@ -17,7 +17,7 @@ def test_bench_tiny_json(tmp_path):
     (tmp_path / "pcx.json").write_text(json.dumps(PCX))
     threads = torch.get_num_threads()
     try:
-        assert cli.main(["bench", "--tiny", "--ablation", "--reference", "--profile", "--threads", "1",
+        assert cli.main(["bench", "--tiny", "--conv", "--ablation", "--reference", "--profile", "--threads", "1",
                          "--json", str(out), "--pcx-json", str(tmp_path / "pcx.json")]) == 0
     finally:
         torch.set_num_threads(threads)
@@ -39,6 +39,10 @@ def test_bench_tiny_json(tmp_path):
         if c["kind"] == "bp":
             assert c["ratio_to_pc"] > 0
     assert res["rss_peak_mb"] > 0
+    # --conv: a conv PCN's pc and bp beside a plain conv net, each against its own baseline
+    conv = {c["case"]: c for c in res["cases"] if c["net"] == "conv-tiny"}
+    assert set(conv) == {"conv-tiny/baseline", "conv-tiny/pc/T2", "conv-tiny/bp/T2"}
+    assert conv["conv-tiny/baseline"]["ratio_to_baseline"] == 1.0 and conv["conv-tiny/bp/T2"]["ratio_to_pc"] > 0
     assert res["pcx"]["same_session"] and res["pcx"]["pcx"]["machine"] == PCX["machine"]
     # the profile: shares of the pc and bp cases sum to one, and the products are a real part
     assert {"tiny/pc/T2", "tiny/bp/T2"} <= set(res["profile"])
@@ -114,3 +118,13 @@ def test_bench_runs_times_packs_against_the_run_alone(tmp_path, capsys):
                 assert c["per_run_speedup"] == pytest.approx(alone["s_per_epoch"] / c["s_per_epoch"])
     assert "per-run throughput x" in capsys.readouterr().out
     assert cli.main(["bench", "--tiny", "--runs", "0"]) == 2
+
+
+def test_conv_link_flops_count_the_multiply_adds():
+    """2 B c_out h_out w_out c_in k^2 for a conv link (8 x 8 -> 2 x 4 x 4 with 3 x 3 kernels:
+    2 x 4 x 32 x 9 = 2304 per sample x 2), 2 B d_l d_{l+1} for a dense one."""
+    from pcn.bench.cases import conv_link_flops
+    from pcn.core.model import PCN, ConvSpec
+
+    m = PCN([64, 5], "tanh", conv=ConvSpec((1, 8, 8), [2], [3], [2], [1]))
+    assert conv_link_flops(m, 3) == [2 * 3 * 2 * 4 * 4 * 1 * 9, 2 * 3 * 32 * 5]

@@ -124,6 +124,95 @@ def make_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
     return cases
 
 
+#: The conv networks of ``--conv``: MNIST-sized maps (28 -> 14 -> 7, stride-2 4 x 4 kernels) and
+#: a dense latent, the net of docs/results.md "Conv PCNs"; ``conv-tiny``: 8 x 8 input, for tests.
+CONV_NETS = {
+    "conv": dict(layers=[784, 128], channels=[16, 32], kernels=[4, 4], strides=[2, 2], padding=[1, 1], batch=64),
+    "conv-tiny": dict(layers=[64, 8], channels=[2, 4], kernels=[3, 3], strides=[2, 2], padding=[1, 1], batch=8),
+}
+
+
+def conv_link_flops(model, B: int) -> list[int]:
+    """2 B x (multiply-adds of one application) of every link's linear map: a conv link
+    2 B c_{l+1} h_{l+1} w_{l+1} c_l k^2 (its transposed convolution, its adjoint the same), a
+    dense link 2 B d_l d_{l+1}."""
+    out = []
+    for l, g in enumerate(model.conv):
+        if g is None:
+            out.append(2 * B * model.layers[l] * model.layers[l + 1])
+        else:
+            c, h, w = g.above
+            out.append(2 * B * c * h * w * g.below[0] * g.kernel ** 2)
+    return out
+
+
+def make_conv_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
+    """``--conv``: a plain PyTorch conv net (conv-gelu-conv-gelu-dense-gelu-dense, the same
+    kernels and maps, trained by backprop on CE) beside conv PCN ``pc`` and ``bp`` steps (the
+    reference core: no fast path covers conv).  Nominal FLOPs count the link maps applied:
+    baseline 3 per link (forward, two backward); ``pc`` (2 T + 1) x 2 in inference (predict and
+    its adjoint per step, both phases and the settle step) + 3 for the weight gradient; ``bp``
+    T x 2 x 3 (the unrolled steps forward and backward) + 3."""
+    from pcn.core.model import PCN, ConvSpec
+    from pcn.fast.rules import rule
+    from pcn.images import image_shape
+    from pcn.study import config
+    from pcn.study.train import build_optimizer
+
+    net = "conv-tiny" if args.tiny else "conv"
+    spec = CONV_NETS[net]
+    layers, B = spec["layers"], spec["batch"]
+    Ts = args.T or ([2] if args.tiny else [5, 20])
+    per_rep = 2 if args.tiny else 4
+    xs, ys = _data(layers, B, device)
+    keys = dict(arch="conv", conv_channels=spec["channels"], kernels=spec["kernels"], strides=spec["strides"],
+                padding=spec["padding"], activation="gelu", init=args.init, batch_size=B, ce_weight=args.ce_weight)
+    conv = ConvSpec(image_shape(layers[0]), spec["channels"], spec["kernels"], spec["strides"], spec["padding"])
+    probe = PCN(layers, "gelu", conv=conv)
+    links = conv_link_flops(probe, B)
+    per_link = sum(links)
+
+    torch.manual_seed(0)
+    mods: list[nn.Module] = [nn.Unflatten(1, image_shape(layers[0]))]
+    for g in probe.conv:
+        if g is not None:
+            mods += [nn.Conv2d(g.below[0], g.above[0], g.kernel, g.stride, g.padding), nn.GELU()]
+    mods.append(nn.Flatten())
+    dims = probe.layers[len([g for g in probe.conv if g is not None]):] + [10]
+    for i in range(len(dims) - 1):
+        mods.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            mods.append(nn.GELU())
+    cnn = nn.Sequential(*mods).to(device)
+    copt = torch.optim.Adam(cnn.parameters(), lr=1e-3)
+    nxt = _cycle(xs, ys)
+
+    def base_step(cnn=cnn, copt=copt, nxt=nxt):
+        x, y = nxt()
+        copt.zero_grad(set_to_none=True)
+        F.cross_entropy(cnn(x), y).backward()
+        copt.step()
+    base_fl = 3 * per_link
+    cases = [Case(f"{net}/baseline", net, "baseline", 0, B, layers, base_step, (base_fl, base_fl), per_rep)]
+    for T in Ts:
+        cfg = config.resolve(dict(keys, layers=layers, T=T))
+        for kind in ("pc", "bp"):
+            model = PCN(layers, "gelu", amortised=cfg["init"] == "amortised", seed=0, conv=conv).to(device)
+            opt = build_optimizer(cfg, model.parameters())
+            nxt = _cycle(xs, ys)
+
+            def step(model=model, cfg=cfg, opt=opt, nxt=nxt, rule=rule(kind)):
+                x, y = nxt()
+                terms = rule(model, x, y, cfg)
+                [float(terms[k]) for k in ("loss", "energy", "ce")]
+                opt.step()
+            n = ((2 * T + 1) * 2 + 3) if kind == "pc" else (T * 2 * 3 + 3)
+            cases.append(Case(f"{net}/{kind}/T{T}", net, kind, T, B, layers, step, (n * per_link, n * per_link),
+                              per_rep, extra={"init": cfg["init"], "eta": cfg["eta"], "ce_weight": cfg["ce_weight"],
+                                              "conv_channels": spec["channels"]}))
+    return cases
+
+
 def make_pack_cases(args: argparse.Namespace, device: torch.device, cases: list[Case]) -> list[Case]:
     """``--runs R ...``: R runs of the same shape (differing seed and ce_weight) as one pack
     (``pcn.fast.pack.pack_grads`` and each run's own optimiser step), for every pc and bp case

@@ -12,7 +12,8 @@ import torch
 
 from pcn.errors import UsageError
 
-from pcn.bench.cases import _ablation_cases, _compile_cases, _variant, make_cases, make_pack_cases, make_peaks
+from pcn.bench.cases import (_ablation_cases, _compile_cases, _variant, make_cases, make_conv_cases, make_pack_cases,
+                              make_peaks)
 from pcn.bench.pcx import PCX_JSON_HELP, compare_pcx, read_pcx_json
 from pcn.bench.report import EPOCH, format_packs, format_profile, format_reference, format_table, summarise
 from pcn.bench.timing import _rss_peak_mb, peak_step_memory, profile_cases, run_cases
@@ -39,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, nargs="+", metavar="R",
                    help="also time packs of R runs (pcn pack) of every pc and bp case: per-run throughput against "
                         "the run alone, both in this run")
+    p.add_argument("--conv", action="store_true",
+                   help="also time conv PCN pc and bp steps (the 16 / 32-channel MNIST net of docs/results.md; "
+                        "--tiny: an 8 x 8 one) beside a plain PyTorch conv net of the same shapes")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, help="torch threads (default: OMP_NUM_THREADS, else torch's)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
@@ -71,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if args.reference:
         cases += [_variant(c, "reference", {"reference": True}) for c in cases
                   if c.kind in ("infer", "pc", "bp") and "variant" not in c.extra]
+    if args.conv:       # after the variants: no fast path, compiled form or pack covers conv
+        cases += make_conv_cases(args, device)
     log(f"pcn bench: {len(cases)} cases + {len(peaks)} sgemm peaks, {reps} repetitions, "
         f"{torch.get_num_threads()} threads, {device}")
     run_cases(cases + peaks, reps, 1, device, log)
