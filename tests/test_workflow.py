@@ -84,7 +84,7 @@ def test_run_dir_order_and_roundtrip():
     "configfile, runs, train_jobs, probe_jobs, data_jobs",
     # the thesis packs its runs (device cuda, pack auto): 40 packs of 3-15 runs, and 168 runs
     # alone (60 ipc, 36 conv, 72 ae / cre); its data jobs: mnist, fashionmnist, cifar10
-    [(None, 28, 28, 22, 1), ("config/test.yaml", 5, 5, 3, 1), ("config/thesis.yaml", 504, 208, 432, 3),
+    [(None, 28, 28, 22, 1), ("config/test.yaml", 6, 6, 4, 1), ("config/thesis.yaml", 504, 208, 432, 3),
      ("config/full_mnist.yaml", 22, 22, 22, 1)],
 )
 def test_dry_run_shipped_configs(configfile, runs, train_jobs, probe_jobs, data_jobs):
@@ -636,7 +636,7 @@ def test_end_to_end_test_config(tmp_path):
     results = tmp_path / "results"
 
     s = pd.read_csv(results / "summary.csv")
-    assert len(s) == 5   # pc has no w = 1
+    assert len(s) == 6   # pc has no w = 1; one conv run
     assert set(zip(s.model, s.rule)) == {("pcn", "pc"), ("pcn", "bp"), ("ae", "bp")}
     pcn_rows = s[s.model == "pcn"]   # the inference-stage columns come from the probe traces
     assert pcn_rows[["acc_step0", "acc_T", "acc_10T", "gen_mse_T", "settle_T"]].notna().all().all()
@@ -649,7 +649,10 @@ def test_end_to_end_test_config(tmp_path):
     assert set(clamped.completion_verdict_mean_image) <= {"beats", "does not beat"}
     assert pd.read_json(results / "judge" / "mnist.json", typ="series")["test_acc"] > 0.95
     assert sorted(s.ce_weight.unique()) == [0.0, 1.0] and set(s.seed) == {0}
-    assert set(s.epochs_done) == {1} and set(s.layers) == {"784-32-8"}
+    assert set(s.epochs_done) == {1} and set(s.layers) == {"784-32-8", "784-8"}
+    conv = s[s.arch == "conv"]
+    assert len(conv) == 1 and conv.iloc[0].rule == "bp" and conv.iloc[0].layers == "784-8"
+    assert conv[["acc_step0", "acc_T", "gen_mse_T"]].notna().all().all()
     ok = s[~s.diverged.astype(bool)]
     assert len(ok) >= 1
     assert ok.test_acc.between(0, 1).all() and (ok.recon_mse > 0).all() and ok.recon_mse.map(math.isfinite).all()
@@ -657,9 +660,9 @@ def test_end_to_end_test_config(tmp_path):
         assert parse_run_dir(r)["dataset"] == "mnist" and (Path(tmp_path, r) / "model.pt").exists()
 
     c = pd.read_csv(results / "curves.csv")
-    assert len(c) == 5 and {"epoch", "test_acc", "recon_mse", "ce_weight", "rule"} <= set(c.columns)
+    assert len(c) == 6 and {"epoch", "test_acc", "recon_mse", "ce_weight", "rule"} <= set(c.columns)
     t = pd.read_csv(results / "traces.csv")
-    assert t.run.nunique() == 3 and set(t.model) == {"pcn"}
+    assert t.run.nunique() == 4 and set(t.model) == {"pcn"}
     assert {"step", "layer", "metric", "value"} <= set(t.columns) and t.step.max() >= 19
 
     for name in ("tradeoff", "ce_weight", "inference", "curves"):
