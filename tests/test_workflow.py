@@ -83,8 +83,8 @@ def test_run_dir_order_and_roundtrip():
 @pytest.mark.parametrize(
     "configfile, runs, train_jobs, probe_jobs, data_jobs",
     # the thesis packs its runs (device cuda, pack auto): 40 packs of 3-15 runs, and 168 runs
-    # alone (60 ipc, 36 conv, 72 ae / cre); its data jobs: mnist, fashionmnist, cifar10
-    [(None, 28, 28, 22, 1), ("config/test.yaml", 6, 6, 4, 1), ("config/thesis.yaml", 504, 208, 432, 3),
+    # alone (60 ipc, 24 conv, 72 ae / cre); its data jobs: mnist, fashionmnist, cifar10
+    [(None, 28, 28, 22, 1), ("config/test.yaml", 6, 6, 4, 1), ("config/thesis.yaml", 492, 196, 420, 3),
      ("config/full_mnist.yaml", 22, 22, 22, 1)],
 )
 def test_dry_run_shipped_configs(configfile, runs, train_jobs, probe_jobs, data_jobs):
