@@ -52,6 +52,16 @@ def _cycle(xs, ys):
     return nxt
 
 
+def _backprop_step(net: nn.Module, opt: torch.optim.Optimizer, nxt: Callable) -> Callable[[], None]:
+    """One training step of a plain network (the baselines): CE on the next batch, backprop, step."""
+    def step():
+        x, y = nxt()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    return step
+
+
 def make_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
     from pcn.study import config
     from pcn.core.inference import init_latents
@@ -82,13 +92,7 @@ def make_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
                 mods.append(nn.GELU())
         mlp = nn.Sequential(*mods).to(device)
         mopt = torch.optim.Adam(mlp.parameters(), lr=1e-3, fused=True if args.fused_adam else None)
-        nxt = _cycle(xs, ys)
-
-        def base_step(mlp=mlp, mopt=mopt, nxt=nxt):
-            x, y = nxt()
-            mopt.zero_grad(set_to_none=True)
-            F.cross_entropy(mlp(x), y).backward()
-            mopt.step()
+        base_step = _backprop_step(mlp, mopt, _cycle(xs, ys))
         fl = flop_counts("baseline", layers, B, 0, False, False, False)
         cases.append(Case(f"{net}/baseline", net, "baseline", 0, B, layers, base_step, fl, per_rep))
 
@@ -184,14 +188,7 @@ def make_conv_cases(args: argparse.Namespace, device: torch.device) -> list[Case
         if i < len(dims) - 2:
             mods.append(nn.GELU())
     cnn = nn.Sequential(*mods).to(device)
-    copt = torch.optim.Adam(cnn.parameters(), lr=1e-3)
-    nxt = _cycle(xs, ys)
-
-    def base_step(cnn=cnn, copt=copt, nxt=nxt):
-        x, y = nxt()
-        copt.zero_grad(set_to_none=True)
-        F.cross_entropy(cnn(x), y).backward()
-        copt.step()
+    base_step = _backprop_step(cnn, torch.optim.Adam(cnn.parameters(), lr=1e-3), _cycle(xs, ys))
     base_fl = 3 * per_link
     cases = [Case(f"{net}/baseline", net, "baseline", 0, B, layers, base_step, (base_fl, base_fl), per_rep)]
     for T in Ts:
