@@ -24,7 +24,8 @@ def _build_runs(cfg):
     """Expand the grid (and the extra grids) into {run folder: factors} and {run folder: run
     config}."""
     grids = [("grid", dict(cfg["grid"]))] + [
-        (f"extra_grids[{i}]", dict(g)) for i, g in enumerate(cfg.get("extra_grids") or [])
+        (f"extra_grids[{i}]", dict(g))
+        for i, g in enumerate(cfg.get("extra_grids") or [])
     ]
     base = dict(cfg.get("train") or {})
     if "data_dir" in base:
@@ -60,7 +61,11 @@ def _build_runs(cfg):
                 )
 
     factors_of, config_of = {}, {}
-    points = [dict(zip(g, combo)) for _, g in grids for combo in itertools.product(*g.values())]
+    points = [
+        dict(zip(g, combo))
+        for _, g in grids
+        for combo in itertools.product(*g.values())
+    ]
     for factors in points:
         if factors["model"] != "pcn" and "arch" in factors:
             factors["arch"] = "mlp"  # the feed-forward baselines have one architecture
@@ -333,7 +338,8 @@ def probe_args(*keys):
 
 def _clamp_runs(cfg, factors_of):
     """pcn runs that get the clamping modes: those whose factors match every list of
-    `probe.clamp` ({factor: [values]}; {} = every pcn run; null = none)."""
+    `probe.clamp` ({factor: [values]}; {} = every pcn run; null = none). A run of an
+    `extra_grids` grid that lacks one of those factors does not match."""
     wanted = (cfg.get("probe") or {}).get("clamp")
     if wanted is None:
         return []
@@ -354,7 +360,7 @@ def _clamp_runs(cfg, factors_of):
         r
         for r, f in factors_of.items()
         if f["model"] == "pcn"
-        and all(fmt_value(f[k]) in vals for k, vals in chosen.items())
+        and all(k in f and fmt_value(f[k]) in vals for k, vals in chosen.items())
     ]
     if not runs:
         logger.warning(f"probe.clamp {wanted} matches no pcn run: no clamping outputs.")

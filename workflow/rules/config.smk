@@ -109,7 +109,9 @@ def _read_config():
         if isinstance(config.get(key), dict):
             config[key] = _typed_section(key, key)
     if isinstance(config.get("extra_grids"), list):
-        config["extra_grids"] = [_typed_section("grid", "extra_grids", g) for g in config["extra_grids"]]
+        config["extra_grids"] = [
+            _typed_section("grid", "extra_grids", g) for g in config["extra_grids"]
+        ]
     if isinstance(config.get("pack"), str) and config["pack"].strip().isdecimal():
         config["pack"] = int(config["pack"])  # --config pack=8 gives text
     if isinstance(config.get("probe"), dict):
