@@ -67,6 +67,7 @@ def study_config(device: str) -> dict:
     cfg["device"] = device
     cfg["train"].update(epochs=2, train_subset=256, test_subset=128, eval_train_size=64, val_size=64)
     cfg["grid"].update(model=["pcn", "ae"], rule=["pc"], ce_weight=[0.5], seed=[0])
+    cfg.pop("extra_grids", None)  # test.yaml's conv run: covered by the local end-to-end test
     cfg["probe"]["n_test"] = 128
     assert cfg["resources"]["train"]["threads"] == cfg["resources"]["probe"]["threads"] == 1
     return cfg
